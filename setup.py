@@ -1,0 +1,79 @@
+"""Installation of nnunetv2_ext.
+
+Besides the Python packages, the wheel carries ``nnunetv2_ext-trainers.pth`` in its root, which pip puts into
+site-packages. Python executes ``import`` lines of ``.pth`` files at start-up; ours adds the folder
+``nnunetv2_ext/_nnunet_trainer_path`` to the ``nnUNet_extTrainer`` search path of nnU-Net (>= 2.6), so that
+``nnUNetv2_train ... -tr nnUNetTrainerPNSSHESS`` finds our trainers without copying files or setting variables.
+"""
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+PTH_NAME = "nnunetv2_ext-trainers.pth"
+PTH_LINE = "import nnunetv2_ext._register_trainers\n"
+
+
+class BuildPyWithPth(build_py):
+    """Also writes the start-up hook into the root of the build (and so of the wheel)."""
+
+    def run(self):
+        super().run()
+        with open(os.path.join(self.build_lib, PTH_NAME), "w") as f:
+            f.write(PTH_LINE)
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH_NAME)]
+
+
+cmdclass = {"build_py": BuildPyWithPth}
+try:  # editable installs (pip install -e .) build their wheel elsewhere: put the hook into it as well
+    from setuptools.command.editable_wheel import editable_wheel
+
+    class EditableWheelWithPth(editable_wheel):
+        def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
+            result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
+            with open(os.path.join(unpacked_wheel, PTH_NAME), "w") as f:
+                f.write(PTH_LINE)
+            return result
+
+    cmdclass["editable_wheel"] = EditableWheelWithPth
+except ImportError:  # old setuptools: editable installs then need the documented fallback
+    pass
+
+setup(
+    name="nnunetv2_ext",
+    version="0.1.0",
+    description="Small-organ extensions for nnU-Net v2: PNSS/HESS sampling, boundary losses, cascade tumour "
+                "variant, converters and worst-case evaluation",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]) + ["nnunetv2_ext.dataset_conversion"],
+    package_dir={"nnunetv2_ext.dataset_conversion": "dataset_conversion"},
+    include_package_data=True,
+    cmdclass=cmdclass,
+    install_requires=[
+        "nnunetv2>=2.6",
+        "torch>=2.1",
+        "numpy",
+        "scipy",
+        "SimpleITK",
+        "edt>=2.3",
+        "pydicom>=2.3",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+    entry_points={
+        "console_scripts": [
+            "nnunetv2_ext_phantom=nnunetv2_ext.phantom:main",
+            "nnunetv2_ext_demo=nnunetv2_ext.demo:main",
+            "nnunetv2_ext_trainer_path=nnunetv2_ext._register_trainers:main",
+            "nnunetv2_ext_evaluate=nnunetv2_ext.evaluation.cli:evaluate_main",
+            "nnunetv2_ext_compare=nnunetv2_ext.evaluation.cli:compare_main",
+            "nnunetv2_ext_convert_nih=nnunetv2_ext.dataset_conversion.nih_pancreas:main",
+            "nnunetv2_ext_convert_lits=nnunetv2_ext.dataset_conversion.lits:main",
+            "nnunetv2_ext_convert_msd=nnunetv2_ext.dataset_conversion.msd:main",
+            "nnunetv2_ext_convert_flare22=nnunetv2_ext.dataset_conversion.flare22:main",
+        ]
+    },
+)
