@@ -1,0 +1,234 @@
+"""Deterministic synthetic abdominal-CT phantom written as an nnU-Net raw dataset.
+
+Each case is a (z, y, x) volume in HU with a body, a spine, a liver-like and two kidney-like blobs, and one small
+organ (the "pancreas", label 1, < 1 % of the voxels) whose positive slices form a contiguous block in the middle of
+the volume, with negative slices at both ends, as in abdominal CT. A known subset of cases is *hard*:
+
+- ``low_contrast``: the organ is barely brighter than the surrounding tissue;
+- ``atypical_shape``: a thin curved tube instead of an ellipsoid;
+- ``atypical_position``: the organ sits far from its usual place, next to the liver.
+
+Options add what other features need: ``lesions`` (a tumour, label 2, inside the organ), ``ignore_label`` (an
+"ignore" label painted over a band of slices), ``regions`` (BraTS-style region labels, needs ``lesions``).
+``phantom_cases.json`` in the dataset folder records per case its kind, the organ voxel fraction and the positive
+slice range, so tests and the demo know which cases are hard.
+
+CLI::
+
+    nnunetv2_ext_phantom -d 990 --num-cases 20 --num-test 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+HARD_KINDS = ("low_contrast", "atypical_shape", "atypical_position")
+
+
+@dataclass
+class PhantomConfig:
+    num_cases: int = 20
+    """Training cases (imagesTr/labelsTr)."""
+    num_test: int = 0
+    """Additional held-out cases written to imagesTs/labelsTs."""
+    shape: Tuple[int, int, int] = (40, 64, 64)
+    """(z, y, x) voxels; z is axis 0 of the arrays and the slice axis of nnU-Net's 2d configuration."""
+    spacing: Tuple[float, float, float] = (3.0, 1.0, 1.0)
+    """(z, y, x) spacing in mm."""
+    seed: int = 0
+    hard_every: int = 4
+    """Every ``hard_every``-th case (index 1, 1 + hard_every, ...) is hard; its kind cycles through HARD_KINDS."""
+    noise_hu: float = 12.0
+    lesions: bool = False
+    ignore_label: bool = False
+    regions: bool = False
+    dataset_name: str = "Phantom"
+    extra: Dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.num_cases < 1 or self.num_test < 0:
+            raise ValueError(f"num_cases must be >= 1 and num_test >= 0, got {self.num_cases}, {self.num_test}")
+        if len(self.shape) != 3 or min(self.shape) < 16:
+            raise ValueError(f"shape must be 3 values >= 16 (z, y, x), got {self.shape}")
+        if self.regions and not self.lesions:
+            raise ValueError("regions=True needs lesions=True (regions are organ+tumour and tumour)")
+        if self.hard_every < 1:
+            raise ValueError(f"hard_every must be >= 1, got {self.hard_every}")
+
+
+def case_kind(index: int, hard_every: int) -> str:
+    if index % hard_every != 1 % hard_every:
+        return "typical"
+    return HARD_KINDS[(index // hard_every) % len(HARD_KINDS)]
+
+
+def _ellipsoid(grid, center, radii) -> np.ndarray:
+    zz, yy, xx = grid
+    return ((zz - center[0]) / radii[0]) ** 2 + ((yy - center[1]) / radii[1]) ** 2 + \
+        ((xx - center[2]) / radii[2]) ** 2 <= 1.0
+
+
+def _smooth_noise(rng: np.random.Generator, shape, sigma_hu: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+    n = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=(0.5, 0.8, 0.8))
+    return n / (n.std() + 1e-6) * sigma_hu
+
+
+def make_case(index: int, cfg: PhantomConfig) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """Returns (image HU float32 (z,y,x), label uint8 (z,y,x), info dict) for case ``index``; deterministic."""
+    rng = np.random.default_rng([cfg.seed, index])
+    nz, ny, nx = cfg.shape
+    grid = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    zz, yy, xx = grid
+    kind = case_kind(index, cfg.hard_every)
+
+    img = np.full(cfg.shape, -1000.0, dtype=np.float32)
+    body = ((yy - ny * 0.5) / (ny * 0.42)) ** 2 + ((xx - nx * 0.5) / (nx * 0.46)) ** 2 <= 1.0
+    img[body] = -80.0 + rng.normal(0, 5)  # fat
+    soft = ((yy - ny * 0.5) / (ny * 0.34)) ** 2 + ((xx - nx * 0.5) / (nx * 0.38)) ** 2 <= 1.0
+    img[soft] = 35.0 + rng.normal(0, 3)
+    spine = ((yy - ny * 0.78) / (ny * 0.08)) ** 2 + ((xx - nx * 0.5) / (nx * 0.08)) ** 2 <= 1.0
+    img[spine] = 450.0
+    liver_c = (nz * 0.45, ny * 0.45, nx * 0.27)
+    liver = _ellipsoid(grid, liver_c, (nz * 0.45, ny * 0.2, nx * 0.14))
+    img[liver] = 65.0 + rng.normal(0, 3)
+    for side in (0.3, 0.7):
+        kid = _ellipsoid(grid, (nz * 0.55, ny * 0.62, nx * side), (nz * 0.2, ny * 0.07, nx * 0.06))
+        img[kid] = 150.0
+
+    # the small organ: usual place is right of centre, in front of the spine
+    zc = nz * 0.5 + rng.uniform(-2, 2)
+    center = np.array([zc, ny * (0.52 + rng.uniform(-0.03, 0.03)), nx * (0.58 + rng.uniform(-0.04, 0.04))])
+    rz, ry, rx = nz * 0.12, ny * 0.075, nx * 0.13
+    organ_hu = 105.0 + rng.normal(0, 4)
+    if kind == "atypical_position":
+        center = np.array([zc, ny * 0.38, nx * 0.42])
+    if kind == "atypical_shape":
+        # thin banana: a tube of radius ~1.6 voxels along a curve in (y, x), spanning the same z block
+        t = np.linspace(-1, 1, 200)
+        curve = np.stack([zc + t * rz, center[1] + 6 * t ** 2 - 3, center[2] + t * rx * 1.3], 1)
+        organ = np.zeros(cfg.shape, bool)
+        for p in curve:
+            organ |= ((zz - p[0]) / 1.2) ** 2 + ((yy - p[1]) / 1.6) ** 2 + ((xx - p[2]) / 1.6) ** 2 <= 1.0
+    else:
+        organ = _ellipsoid(grid, center, (rz, ry, rx))
+    if kind == "low_contrast":
+        organ_hu = 52.0
+    img[organ] = organ_hu
+    img += _smooth_noise(rng, cfg.shape, cfg.noise_hu)
+    img[~body] = -1000.0 + rng.normal(0, 5, size=int((~body).sum()))
+
+    label = organ.astype(np.uint8)
+    if cfg.lesions:
+        # a tumour inside the organ, darker than the organ (hypodense, as pancreatic tumours are)
+        coords = np.argwhere(organ)
+        c = coords[rng.integers(len(coords))] if kind == "atypical_shape" else \
+            np.round(center + rng.uniform(-1.5, 1.5, 3)).astype(int)
+        lesion = _ellipsoid(grid, c, (max(rz * 0.45, 1.5), max(ry * 0.45, 1.5), max(rx * 0.35, 1.5))) & organ
+        img[lesion] = organ_hu - 45.0 + rng.normal(0, 3)
+        label[lesion] = 2
+    if cfg.ignore_label:
+        ignore_value = 3 if cfg.lesions else 2
+        band = (zz < 3) & body  # an unannotated band at the bottom of the scan
+        label[band & (label == 0)] = ignore_value
+
+    pos = np.flatnonzero(organ.any(axis=(1, 2)))
+    info = {
+        "index": index,
+        "kind": kind,
+        "hard": kind != "typical",
+        "organ_voxel_fraction": float(organ.mean()),
+        "positive_slices": [int(pos.min()), int(pos.max())] if len(pos) else None,
+        "num_slices": nz,
+    }
+    return img.astype(np.float32), label, info
+
+
+def _labels_json(cfg: PhantomConfig) -> Tuple[dict, Optional[list]]:
+    if cfg.regions:
+        labels = {"background": 0, "organ_and_tumour": [1, 2], "tumour": 2}
+        order = [1, 2]
+    else:
+        labels = {"background": 0, "organ": 1}
+        if cfg.lesions:
+            labels["tumour"] = 2
+        order = None
+    if cfg.ignore_label:
+        labels["ignore"] = 3 if cfg.lesions else 2
+    return labels, order
+
+
+def write_phantom_dataset(dataset_id: int, cfg: PhantomConfig, raw_folder: Optional[str] = None,
+                          overwrite: bool = False) -> str:
+    """Writes ``Dataset{id:03d}_{name}`` into ``raw_folder`` (default: $nnUNet_raw); returns its path."""
+    import SimpleITK as sitk
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    cfg.validate()
+    raw_folder = raw_folder or os.environ.get("nnUNet_raw")
+    if not raw_folder:
+        raise RuntimeError("nnUNet_raw is not set and no raw folder was given")
+    out = os.path.join(raw_folder, f"Dataset{dataset_id:03d}_{cfg.dataset_name}")
+    if os.path.exists(out):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if cfg.num_test else ()):
+        os.makedirs(os.path.join(tmp, sub))
+
+    infos: List[dict] = []
+    for i in range(cfg.num_cases + cfg.num_test):
+        img, lab, info = make_case(i, cfg)
+        split = "Tr" if i < cfg.num_cases else "Ts"
+        name = f"case_{i:03d}"
+        info.update(name=name, split="train" if split == "Tr" else "test")
+        infos.append(info)
+        for arr, sub, suffix, dtype in ((img, "images", "_0000", np.int16), (lab, "labels", "", np.uint8)):
+            itk = sitk.GetImageFromArray(arr.astype(dtype))
+            itk.SetSpacing(tuple(float(s) for s in cfg.spacing[::-1]))
+            sitk.WriteImage(itk, os.path.join(tmp, sub + split, f"{name}{suffix}.nii.gz"), True)
+
+    labels, order = _labels_json(cfg)
+    kwargs = {"regions_class_order": order} if order else {}
+    generate_dataset_json(tmp, {0: "CT"}, labels, cfg.num_cases, ".nii.gz", dataset_name=cfg.dataset_name,
+                          description="nnunetv2_ext synthetic CT phantom (deterministic)", **kwargs)
+    with open(os.path.join(tmp, "phantom_cases.json"), "w") as f:
+        json.dump({"config": asdict(cfg), "cases": infos}, f, indent=1)
+    os.rename(tmp, out)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Write the deterministic synthetic CT phantom as an nnU-Net raw dataset "
+                                            "(into $nnUNet_raw).")
+    p.add_argument("-d", "--dataset-id", type=int, required=True)
+    p.add_argument("--name", default="Phantom")
+    p.add_argument("--num-cases", type=int, default=20)
+    p.add_argument("--num-test", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs=3, default=(40, 64, 64), metavar=("Z", "Y", "X"))
+    p.add_argument("--spacing", type=float, nargs=3, default=(3.0, 1.0, 1.0), metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hard-every", type=int, default=4)
+    p.add_argument("--lesions", action="store_true", help="add a tumour (label 2) inside the organ")
+    p.add_argument("--ignore-label", action="store_true", help="paint an 'ignore' band over unannotated slices")
+    p.add_argument("--regions", action="store_true", help="BraTS-style regions (needs --lesions)")
+    p.add_argument("--raw-folder", default=None, help="default: $nnUNet_raw")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    cfg = PhantomConfig(num_cases=a.num_cases, num_test=a.num_test, shape=tuple(a.shape), spacing=tuple(a.spacing),
+                        seed=a.seed, hard_every=a.hard_every, lesions=a.lesions, ignore_label=a.ignore_label,
+                        regions=a.regions, dataset_name=a.name)
+    out = write_phantom_dataset(a.dataset_id, cfg, a.raw_folder, a.overwrite)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
