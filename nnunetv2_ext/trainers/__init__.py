@@ -1,6 +1,12 @@
-"""All trainers of nnunetv2_ext, found by name by nnUNetv2_train / nnUNetv2_predict after ``pip install``."""
+"""All trainers of nnunetv2_ext, found by name by nnUNetv2_train / nnUNetv2_predict after ``pip install``.
+
+Each trainer module below is imported here; nnU-Net's name lookup goes through this module (see
+``nnunetv2_ext/_register_trainers.py``).
+"""
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-class nnUNetTrainerExtSmoke(nnUNetTrainer):
-    pass
+
+class nnUNetTrainerTiny(TinyTrainingMixin, nnUNetTrainer):
+    """Plain nnU-Net, shrunk for CPU tests (the baseline of the tiny variants)."""
