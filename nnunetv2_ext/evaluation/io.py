@@ -1,0 +1,191 @@
+"""Finding and reading the cases of reference / prediction folders with nnU-Net's own reader classes.
+
+Folders may be plain folders of segmentations, or nnU-Net result folders: a fold folder (``fold_0``, whose
+``validation/`` holds the predictions), a trainer folder ``Trainer__Plans__config`` (the ``validation/`` folders
+of all its folds are pooled, i.e. the cross-validation predictions) or a ``validation`` folder itself.
+"""
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subdirs, subfiles
+from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
+from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_dataset_json,
+                                                     determine_reader_writer_from_file_ending)
+
+LabelOrRegion = Union[int, Tuple[int, ...]]
+
+#: file endings tried (in this order) when neither dataset.json nor the caller names one
+KNOWN_FILE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl", ".tif", ".tiff", ".png", ".bmp")
+
+
+class EvaluationInputError(ValueError):
+    """Inconsistent or broken input (folders, files, labels, geometry); the message names the case or parameter."""
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One evaluated label (an int) or region (a tuple of ints, nnU-Net region training) with its display name."""
+    value: LabelOrRegion
+    name: str
+
+    @property
+    def key(self) -> str:
+        return label_or_region_to_key(self.value)
+
+
+@dataclass(frozen=True)
+class LabelSetup:
+    labels: Tuple[LabelSpec, ...]
+    ignore_label: Optional[int]
+    #: all label values a segmentation may contain (background, labels, ignore); None = not checked
+    allowed_values: Optional[Tuple[int, ...]]
+
+
+def label_setup_from_dataset_json(dataset_json: dict, labels: Optional[Sequence[LabelOrRegion]] = None) -> LabelSetup:
+    """Labels (or regions), their names and the ignore label from an nnU-Net dataset.json (as a dict).
+    ``labels`` restricts the evaluation to some of them (values as in dataset.json)."""
+    if "labels" not in dataset_json:
+        raise EvaluationInputError("dataset.json has no 'labels' entry")
+    names: Dict[LabelOrRegion, str] = {}
+    ignore_label = None
+    allowed = {0}
+    for name, value in dataset_json["labels"].items():
+        if name == "ignore":
+            ignore_label = int(value)
+            allowed.add(ignore_label)
+            continue
+        value = int(value) if np.isscalar(value) else tuple(int(v) for v in value)
+        if len(value if isinstance(value, tuple) else (value,)) == 1 and isinstance(value, tuple):
+            value = value[0]
+        if value == 0 or name == "background":
+            continue
+        names[value] = name
+        allowed.update(value if isinstance(value, tuple) else (value,))
+    if "regions_class_order" in dataset_json:  # region training: the label map holds the regions' class order
+        allowed.update(int(v) for v in dataset_json["regions_class_order"])
+    if labels is not None:
+        wanted = [int(v) if np.isscalar(v) else tuple(int(i) for i in v) for v in labels]
+        unknown = [v for v in wanted if v not in names]
+        if unknown:
+            raise EvaluationInputError(f"labels {unknown} are not in dataset.json (it has {list(names)})")
+        names = {v: names[v] for v in wanted}
+    if not names:
+        raise EvaluationInputError("dataset.json names no foreground label to evaluate")
+    return LabelSetup(tuple(LabelSpec(v, n) for v, n in names.items()), ignore_label, tuple(sorted(allowed)))
+
+
+def find_dataset_json(folder: str, parents: int = 2) -> Optional[str]:
+    """dataset.json in ``folder`` or in up to ``parents`` parents (fold_X/validation -> trainer folder), else None."""
+    candidates = [os.path.abspath(folder)]
+    for _ in range(parents):
+        candidates.append(os.path.dirname(candidates[-1]))
+    for candidate in candidates:
+        if candidate and isfile(join(candidate, "dataset.json")):
+            return join(candidate, "dataset.json")
+    return None
+
+
+def guess_file_ending(folder: str) -> str:
+    files = os.listdir(folder)
+    for ending in KNOWN_FILE_ENDINGS:
+        if any(f.endswith(ending) and not (ending == ".nii" and f.endswith(".nii.gz")) for f in files):
+            return ending
+    raise EvaluationInputError(f"no segmentation files ({', '.join(KNOWN_FILE_ENDINGS)}) in {folder}")
+
+
+def files_by_case(folder: str, file_ending: str) -> Dict[str, str]:
+    return {f[:-len(file_ending)]: join(folder, f) for f in subfiles(folder, suffix=file_ending, join=False)}
+
+
+def prediction_files(folder: str, file_ending: str) -> Tuple[Dict[str, str], bool]:
+    """Case identifier -> file of a prediction folder, which may also be an nnU-Net fold or trainer folder, and
+    whether the folder is a single fold's validation set (then only a subset of the references is predicted)."""
+    if not isdir(folder):
+        raise EvaluationInputError(f"prediction folder {folder} does not exist")
+    single_fold = os.path.basename(os.path.normpath(folder)) == "validation"
+    files = files_by_case(folder, file_ending)
+    if files:
+        return files, single_fold
+    if isdir(join(folder, "validation")):  # a fold folder
+        return files_by_case(join(folder, "validation"), file_ending), True
+    fold_dirs = sorted(d for d in subdirs(folder, prefix="fold_", join=False) if isdir(join(folder, d, "validation")))
+    if fold_dirs:  # a trainer folder: pool the folds' validation predictions (the cross-validation)
+        pooled: Dict[str, str] = {}
+        for fold in fold_dirs:
+            for case, f in files_by_case(join(folder, fold, "validation"), file_ending).items():
+                if case in pooled:
+                    raise EvaluationInputError(f"case {case} is predicted in two folds of {folder}: "
+                                               f"{pooled[case]} and {f}")
+                pooled[case] = f
+        return pooled, False
+    return {}, False
+
+
+def method_name_for_folder(folder: str) -> str:
+    """Display name: the trainer for nnU-Net result folders (plus the fold), otherwise the folder's name."""
+    folder = os.path.normpath(os.path.abspath(folder))
+    parts = folder.split(os.sep)
+    if parts[-1] == "validation":
+        parts = parts[:-1]
+    if parts[-1].startswith("fold_") and len(parts) > 1 and "__" in parts[-2]:
+        return f"{parts[-2].split('__')[0]} {parts[-1]}"
+    if "__" in parts[-1]:
+        return parts[-1].split("__")[0]
+    return parts[-1]
+
+
+def reader_class(dataset_json: Optional[dict], file_ending: str, example_file: str) -> Type[BaseReaderWriter]:
+    try:
+        if dataset_json is not None:
+            return determine_reader_writer_from_dataset_json(dataset_json, example_file, verbose=False)
+        return determine_reader_writer_from_file_ending(file_ending, example_file, verbose=False)
+    except RuntimeError as e:
+        raise EvaluationInputError(f"nnU-Net has no reader for {example_file}: {e}") from e
+
+
+def _geometry(properties: dict) -> Dict[str, np.ndarray]:
+    geometry = {"spacing": np.asarray(properties["spacing"], dtype=float)}
+    for key, sub in properties.items():  # sitk_stuff (origin, direction, ...), nibabel_stuff (affines)
+        if isinstance(sub, dict):
+            for name, value in sub.items():
+                geometry[f"{key}.{name}"] = np.asarray(value, dtype=float)
+    return geometry
+
+
+def read_case(reader: BaseReaderWriter, case: str, ref_file: str, pred_file: str
+              ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, ...]]:
+    """Reads reference and prediction, checks they share the grid (shape, spacing, origin, direction / affine).
+
+    Returns (reference, prediction, spacing): integer arrays without nnU-Net's channel axis (2D images become 2D
+    arrays) and the spacing in mm per array axis."""
+    arrays, geometries = [], []
+    for role, file in (("reference", ref_file), ("prediction", pred_file)):
+        try:
+            seg, properties = reader.read_seg(file)
+        except Exception as e:  # any reader error: name the case and the file
+            raise EvaluationInputError(f"case {case}: cannot read {role} {file}: {e}") from e
+        arrays.append(seg[0])
+        geometries.append(_geometry(properties))
+    ref, pred = arrays
+    if ref.shape != pred.shape:
+        raise EvaluationInputError(f"case {case}: reference shape {ref.shape} != prediction shape {pred.shape} "
+                                   f"({ref_file} vs {pred_file})")
+    for key, value in geometries[0].items():
+        other = geometries[1].get(key)
+        if other is None or other.shape != value.shape or not np.allclose(value, other, rtol=1e-5, atol=1e-3):
+            raise EvaluationInputError(f"case {case}: reference and prediction differ in {key}: {value.tolist()} vs "
+                                       f"{None if other is None else other.tolist()} ({ref_file} vs {pred_file})")
+    spacing = tuple(float(s) for s in geometries[0]["spacing"])
+    if ref.ndim == 3 and ref.shape[0] == 1:  # nnU-Net stores 2D images as 1 x H x W: evaluate them in 2D
+        ref, pred, spacing = ref[0], pred[0], spacing[1:]
+    return _as_labels(ref, case, "reference"), _as_labels(pred, case, "prediction"), spacing
+
+
+def _as_labels(seg: np.ndarray, case: str, role: str) -> np.ndarray:
+    labels = seg.astype(np.int32)
+    if not np.array_equal(labels, seg):
+        raise EvaluationInputError(f"case {case}: the {role} holds non-integer values; is it a label map?")
+    return labels
