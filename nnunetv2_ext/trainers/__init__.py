@@ -10,3 +10,5 @@ from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 class nnUNetTrainerTiny(TinyTrainingMixin, nnUNetTrainer):
     """Plain nnU-Net, shrunk for CPU tests (the baseline of the tiny variants)."""
+from nnunetv2_ext.trainers.loss_trainers import *  # noqa
+from nnunetv2_ext.trainers.pnss_hess import *  # noqa: E402,F401,F403
