@@ -249,6 +249,12 @@ def _run_parallel(worker: Callable, tasks: List[tuple], num_processes: int, desc
         return list(tqdm(pool.imap(worker, tasks), total=len(tasks), desc=description, disable=None))
 
 
+def files_below(folder: Path) -> List[Path]:
+    """All non-hidden files below ``folder``, sorted; symbolic links to folders are followed (unlike rglob)."""
+    return sorted(Path(d) / f for d, _, files in os.walk(folder, followlinks=True) for f in files
+                  if not f.startswith("."))
+
+
 def source_fingerprint(cases: Iterable[SourceCase], root: Path) -> Dict[str, Any]:
     """Number of source files and a SHA-256 over their (relative path, size, mtime_ns): changes when the input
     changes, without listing thousands of files in the manifest."""
@@ -256,7 +262,7 @@ def source_fingerprint(cases: Iterable[SourceCase], root: Path) -> Dict[str, Any
     for case in cases:
         for p in list(case.images) + ([case.label] if case.label else []):
             path = Path(p)
-            files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+            files = files_below(path) if path.is_dir() else [path]
             for f in files:
                 st = f.stat()
                 entries.append(f"{os.path.relpath(f, root)}\t{st.st_size}\t{st.st_mtime_ns}")

@@ -18,7 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_ext.dataset_conversion.common import (CaseError, CaseListing, CaseProblem, ConversionError,
-                                                    DatasetConverter, FILE_ENDING, SourceCase, kfold_test_folds,
+                                                    DatasetConverter, FILE_ENDING, SourceCase, files_below,
+                                                    kfold_test_folds,
                                                     make_parser, run_cli)
 from nnunetv2_ext.dataset_conversion.geometry import Geometry, grid_mismatch
 
@@ -44,7 +45,7 @@ def find_patient_root(folder: Path) -> Path:
 
 def dicom_folders(patient: Path) -> List[Path]:
     """Folders below ``patient`` (inclusive) that directly contain files (hidden files ignored)."""
-    return sorted({f.parent for f in patient.rglob("*") if f.is_file() and not f.name.startswith(".")})
+    return sorted({f.parent for f in files_below(patient)})
 
 
 def scan_dicom_series(patient: Path) -> List[str]:
@@ -130,7 +131,7 @@ class NIHPancreasConverter(DatasetConverter):
         listing = CaseListing(cases=[])
         for case_id in sorted(set(patients) | set(label_files)):
             patient, label = patients.get(case_id), label_files.get(case_id)
-            has_files = patient is not None and any(f.is_file() for f in patient.rglob("*"))
+            has_files = patient is not None and bool(files_below(patient))
             if label is None:
                 listing.problems.append(CaseProblem(case_id, f"image without label: no label{case_id[-4:]}.nii.gz "
                                                              f"in {self.labels_folder}"))
