@@ -1,0 +1,28 @@
+"""End to end: a converted (synthetic NIH Pancreas-CT) dataset passes nnU-Net's own integrity check and planning,
+and the paper split written into the raw folder reaches nnUNet_preprocessed (about 1 minute on 2 cores)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from nnunetv2_ext.dataset_conversion import synthetic
+from nnunetv2_ext.dataset_conversion.nih_pancreas import main as nih_main
+
+
+@pytest.mark.e2e
+def test_converted_dataset_passes_nnunet_verify_dataset_integrity(nnunet_dirs, tmp_path):
+    dicom, labels = synthetic.make_nih_pancreas(tmp_path, case_numbers=(1, 2, 3, 4), shape_zyx=(12, 40, 40),
+                                                withdrawn=(25,))
+    assert nih_main(["-i", str(tmp_path), "--labels", str(labels), "-d", "946", "-np", "1", "--paper-splits"]) == 0
+    result = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "946", "--verify_dataset_integrity", "--no_pp",
+                             "-npfp", "1", "-c", "3d_fullres"],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    name = "Dataset946_NIHPancreas"
+    raw_splits = json.loads((nnunet_dirs["nnUNet_raw"] / name / "splits_final.json").read_text())
+    preprocessed = nnunet_dirs["nnUNet_preprocessed"] / name
+    assert json.loads((preprocessed / "splits_final.json").read_text()) == raw_splits
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
