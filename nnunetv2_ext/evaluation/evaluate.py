@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from nnunetv2_ext.evaluation.io import (EvaluationInputError, LabelOrRegion, LabelSetup, LabelSpec,
                                         files_by_case, find_dataset_json, guess_file_ending,
-                                        label_setup_from_dataset_json, method_name_for_folder, prediction_files,
-                                        read_case, reader_class)
+                                        label_setup_from_dataset_json, label_values, method_name_for_folder,
+                                        prediction_files, read_case, read_segmentation, reader_class)
 from nnunetv2_ext.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, mask_metrics
 from nnunetv2_ext.evaluation.summary import DEFAULT_WORST_FRACTION, describe
 
@@ -78,7 +78,7 @@ def _evaluate_case(task) -> Tuple[str, Optional[Dict], Optional[str]]:
         ref, pred, spacing = read_case(reader_cls(), case, ref_file, pred_file)
         if label_setup.allowed_values is not None:
             for role, seg in (("reference", ref), ("prediction", pred)):
-                unknown = np.setdiff1d(np.unique(seg), label_setup.allowed_values)
+                unknown = np.setdiff1d(label_values(seg), label_setup.allowed_values)
                 if unknown.size:
                     raise EvaluationInputError(f"case {case}: the {role} holds labels {unknown.tolist()} that are not "
                                                f"in the label set {list(label_setup.allowed_values)}")
@@ -95,10 +95,10 @@ def _evaluate_case(task) -> Tuple[str, Optional[Dict], Optional[str]]:
 def _reference_labels(task) -> Tuple[str, Optional[List[int]], Optional[str]]:
     case, ref_file, reader_cls = task
     try:
-        seg, _ = reader_cls().read_seg(ref_file)
-    except Exception as e:
-        return case, None, f"case {case}: cannot read reference {ref_file}: {e}"
-    return case, [int(v) for v in np.unique(seg) if v != 0], None
+        ref, _ = read_segmentation(reader_cls(), case, ref_file, "reference")
+    except EvaluationInputError as e:
+        return case, None, str(e)
+    return case, [int(v) for v in label_values(ref) if v != 0], None
 
 
 def _map(function, tasks: list, num_processes: int, progress: bool, desc: str) -> list:
@@ -106,7 +106,13 @@ def _map(function, tasks: list, num_processes: int, progress: bool, desc: str) -
     bar = dict(total=len(tasks), desc=desc, disable=not progress, unit="case")
     if num_processes <= 1 or len(tasks) <= 1:
         return [function(t) for t in tqdm(tasks, **bar)]
-    with multiprocessing.get_context("spawn").Pool(min(num_processes, len(tasks))) as pool:
+    # forkserver: workers start from a clean process that has imported this module (and so nnU-Net and torch)
+    # once, instead of once per worker as with spawn; unlike plain fork it is safe in a parent with threads
+    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload([__name__])
+    with context.Pool(min(num_processes, len(tasks))) as pool:
         return list(tqdm(pool.imap(function, tasks), **bar))
 
 
@@ -128,8 +134,7 @@ def _plan(ref_folder: str, pred_folder: str, dataset_json: DatasetJson, labels, 
         raise EvaluationInputError(f"nsd_tolerance_mm must be > 0, got {nsd_tolerance_mm}")
     dataset_json_source = dataset_json if isinstance(dataset_json, str) else None
     if dataset_json is None:
-        dataset_json_source = find_dataset_json(pred_folder) or find_dataset_json(os.path.dirname(
-            os.path.abspath(ref_folder)), parents=0)
+        dataset_json_source = find_dataset_json(pred_folder, ref_folder)
         dataset_json = dataset_json_source
     dj = _load_dataset_json(dataset_json)
     if file_ending is None:

@@ -77,13 +77,20 @@ def label_setup_from_dataset_json(dataset_json: dict, labels: Optional[Sequence[
     return LabelSetup(tuple(LabelSpec(v, n) for v, n in names.items()), ignore_label, tuple(sorted(allowed)))
 
 
-def find_dataset_json(folder: str, parents: int = 2) -> Optional[str]:
-    """dataset.json in ``folder`` or in up to ``parents`` parents (fold_X/validation -> trainer folder), else None."""
-    candidates = [os.path.abspath(folder)]
-    for _ in range(parents):
-        candidates.append(os.path.dirname(candidates[-1]))
+def find_dataset_json(pred_folder: str, ref_folder: str) -> Optional[str]:
+    """The dataset.json nnU-Net keeps beside predictions: in the prediction folder (nnUNetv2_predict output, trainer
+    folder), in the trainer folder of a fold folder or a fold's validation folder, or in the dataset folder holding
+    a labelsTr / labelsTs / gt_segmentations reference folder. None if there is none."""
+    pred_folder, ref_folder = os.path.abspath(pred_folder), os.path.abspath(ref_folder)
+    candidates = [pred_folder]
+    if os.path.basename(pred_folder) == "validation":
+        pred_folder = os.path.dirname(pred_folder)
+    if os.path.basename(pred_folder).startswith("fold_"):
+        candidates.append(os.path.dirname(pred_folder))
+    if os.path.basename(ref_folder) in ("labelsTr", "labelsTs", "gt_segmentations"):
+        candidates.append(os.path.dirname(ref_folder))
     for candidate in candidates:
-        if candidate and isfile(join(candidate, "dataset.json")):
+        if isfile(join(candidate, "dataset.json")):
             return join(candidate, "dataset.json")
     return None
 
@@ -155,37 +162,49 @@ def _geometry(properties: dict) -> Dict[str, np.ndarray]:
     return geometry
 
 
+def read_segmentation(reader: BaseReaderWriter, case: str, file: str, role: str
+                      ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Label map (without nnU-Net's channel axis, smallest unsigned integer type) and its geometry."""
+    try:
+        seg, properties = reader.read_seg(file)
+    except Exception as e:  # any reader error: name the case and the file
+        raise EvaluationInputError(f"case {case}: cannot read {role} {file}: {e}") from e
+    return _as_labels(seg[0], case, role), _geometry(properties)
+
+
 def read_case(reader: BaseReaderWriter, case: str, ref_file: str, pred_file: str
               ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, ...]]:
     """Reads reference and prediction, checks they share the grid (shape, spacing, origin, direction / affine).
 
     Returns (reference, prediction, spacing): integer arrays without nnU-Net's channel axis (2D images become 2D
     arrays) and the spacing in mm per array axis."""
-    arrays, geometries = [], []
-    for role, file in (("reference", ref_file), ("prediction", pred_file)):
-        try:
-            seg, properties = reader.read_seg(file)
-        except Exception as e:  # any reader error: name the case and the file
-            raise EvaluationInputError(f"case {case}: cannot read {role} {file}: {e}") from e
-        arrays.append(seg[0])
-        geometries.append(_geometry(properties))
-    ref, pred = arrays
+    ref, ref_geometry = read_segmentation(reader, case, ref_file, "reference")
+    pred, pred_geometry = read_segmentation(reader, case, pred_file, "prediction")
     if ref.shape != pred.shape:
         raise EvaluationInputError(f"case {case}: reference shape {ref.shape} != prediction shape {pred.shape} "
                                    f"({ref_file} vs {pred_file})")
-    for key, value in geometries[0].items():
-        other = geometries[1].get(key)
+    for key, value in ref_geometry.items():
+        other = pred_geometry.get(key)
         if other is None or other.shape != value.shape or not np.allclose(value, other, rtol=1e-5, atol=1e-3):
             raise EvaluationInputError(f"case {case}: reference and prediction differ in {key}: {value.tolist()} vs "
                                        f"{None if other is None else other.tolist()} ({ref_file} vs {pred_file})")
-    spacing = tuple(float(s) for s in geometries[0]["spacing"])
+    spacing = tuple(float(s) for s in ref_geometry["spacing"])
     if ref.ndim == 3 and ref.shape[0] == 1:  # nnU-Net stores 2D images as 1 x H x W: evaluate them in 2D
         ref, pred, spacing = ref[0], pred[0], spacing[1:]
-    return _as_labels(ref, case, "reference"), _as_labels(pred, case, "prediction"), spacing
+    return ref, pred, spacing
 
 
 def _as_labels(seg: np.ndarray, case: str, role: str) -> np.ndarray:
-    labels = seg.astype(np.int32)
+    """nnU-Net's readers return float32: back to the smallest unsigned integer type (fast masks and counts)."""
+    if seg.size and seg.min() < 0:
+        raise EvaluationInputError(f"case {case}: the {role} holds negative values; is it a label map?")
+    high = seg.max() if seg.size else 0
+    labels = seg.astype(np.uint8 if high < 2 ** 8 else np.uint16 if high < 2 ** 16 else np.int64)
     if not np.array_equal(labels, seg):
         raise EvaluationInputError(f"case {case}: the {role} holds non-integer values; is it a label map?")
     return labels
+
+
+def label_values(seg: np.ndarray) -> np.ndarray:
+    """Sorted label values present in a non-negative integer label map (bincount: one pass, no sort)."""
+    return np.flatnonzero(np.bincount(seg.ravel()))
