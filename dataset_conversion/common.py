@@ -180,7 +180,7 @@ class DatasetConverter(ABC):
         present must be a key) or else checks values against ``self.labels``, writes uint8."""
         label = label_on_image_grid(label, image, self.geometry_tolerance)
         array = sitk.GetArrayViewFromImage(label)
-        present = np.unique(array)
+        present = present_values(array)
         allowed = set(mapping) if mapping is not None else set(self.labels.values())
         unexpected = sorted(set(present.tolist()) - allowed)
         if unexpected:
@@ -194,6 +194,16 @@ class DatasetConverter(ABC):
             out.CopyInformation(label)
             label = out
         sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(path), useCompression=True)
+
+
+def present_values(array: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a label array; np.bincount for small non-negative integers (several times faster
+    than np.unique on CT-sized volumes)."""
+    if np.issubdtype(array.dtype, np.integer) and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low >= 0 and high < 1 << 16:
+            return np.flatnonzero(np.bincount(array.ravel(), minlength=high + 1))
+    return np.unique(array)
 
 
 # ---- splits ------------------------------------------------------------------------------------------------------
@@ -251,8 +261,14 @@ def _run_parallel(worker: Callable, tasks: List[tuple], num_processes: int, desc
 
 def files_below(folder: Path) -> List[Path]:
     """All non-hidden files below ``folder``, sorted; symbolic links to folders are followed (unlike rglob)."""
-    return sorted(Path(d) / f for d, _, files in os.walk(folder, followlinks=True) for f in files
-                  if not f.startswith("."))
+    # sort strings, not Paths: Path comparison is slow for the ~20000 slice files of a full dataset
+    return [Path(p) for p in sorted(os.path.join(d, f) for d, _, files in os.walk(folder, followlinks=True)
+                                    for f in files if not f.startswith("."))]
+
+
+def has_files(folder: Path) -> bool:
+    """True if any non-hidden file lies below ``folder`` (stops at the first one)."""
+    return any(not f.startswith(".") for _, _, files in os.walk(folder, followlinks=True) for f in files)
 
 
 def source_fingerprint(cases: Iterable[SourceCase], root: Path) -> Dict[str, Any]:

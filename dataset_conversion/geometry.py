@@ -109,12 +109,25 @@ def is_same_grid(image: Geometry, label: Geometry, tolerance: float = 0.1) -> bo
 
 
 def label_on_image_grid(label: sitk.Image, image: Geometry, tolerance: float = 0.1) -> sitk.Image:
-    """The label resampled (nearest neighbour) onto the image grid; the caller must have checked
-    ``grid_mismatch(image, Geometry.from_image(label)) is None``. A label already on the grid is only given the
-    image's exact header values (removing rounding differences nnU-Net's integrity check would flag)."""
+    """The label on the image grid: nearest-neighbour resampling, done exactly as an index reordering.
+
+    The caller must have checked ``grid_mismatch(image, Geometry.from_image(label)) is None``. Then the label grid
+    is the image grid with its axes permuted and/or flipped, and nearest-neighbour resampling is a pure reordering
+    of voxels, which ``sitk.PermuteAxes`` + ``sitk.Flip`` do directly (about 10x faster than
+    ``sitk.Resample``, identical result; both keep physical positions). The image's exact header values are then
+    set, removing rounding differences that nnU-Net's integrity check would flag.
+    """
     label_geometry = Geometry.from_image(label)
-    if is_same_grid(image, label_geometry, tolerance):
-        return image.apply_to(label)
-    reference = sitk.Image(list(image.size), label.GetPixelID())
-    image.apply_to(reference)
-    return sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    relation = np.round(image.direction_matrix.T @ label_geometry.direction_matrix)
+    label_axis_of = [int(a) for a in np.abs(relation).argmax(1)]
+    if label_axis_of != [0, 1, 2]:
+        label = sitk.PermuteAxes(label, label_axis_of)
+    flips = [bool(relation[i, j] < 0) for i, j in enumerate(label_axis_of)]
+    if any(flips):
+        label = sitk.Flip(label, flips)
+    reordered = Geometry.from_image(label)
+    offset = np.linalg.norm(np.subtract(reordered.origin, image.origin))
+    if reordered.size != image.size or offset > tolerance * min(image.spacing):
+        raise ValueError(f"label grid is not a flip/permutation of the image grid (check grid_mismatch first): "
+                         f"{reordered.describe()} vs {image.describe()}")
+    return image.apply_to(label)

@@ -19,8 +19,7 @@ import SimpleITK as sitk
 
 from nnunetv2_ext.dataset_conversion.common import (CaseError, CaseListing, CaseProblem, ConversionError,
                                                     DatasetConverter, FILE_ENDING, SourceCase, files_below,
-                                                    kfold_test_folds,
-                                                    make_parser, run_cli)
+                                                    has_files, kfold_test_folds, make_parser, run_cli)
 from nnunetv2_ext.dataset_conversion.geometry import Geometry, grid_mismatch
 
 #: Scans TCIA no longer serves (their patient folders are empty while the label files exist): skipped with a note.
@@ -59,19 +58,23 @@ def scan_dicom_series(patient: Path) -> List[str]:
         raise CaseError(f"no files in {patient}")
     series = []  # (folder, series uid, sorted files)
     for folder in folders:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        in_folder = [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+        # one scan suffices when GDCM puts every file into its first series (the normal case); otherwise look closer
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+        if len(files) == len(in_folder):
+            series.append((folder, None, files))
+            continue
         grouped = set()
-        for uid in uids:
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
             series.append((folder, uid, list(files)))
             grouped.update(Path(f).name for f in files)
-        unreadable = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")
-                            and f.name not in grouped)
+        unreadable = sorted(f.name for f in in_folder if f.name not in grouped)
         if unreadable:
             shown = ", ".join(unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
             raise CaseError(f"{len(unreadable)} file(s) in {folder} are not readable DICOM images: {shown}")
     if len(series) > 1:
-        listed = "; ".join(f"{Path(f).relative_to(patient)} (series {uid or '<no UID>'}, {len(files)} files)"
+        listed = "; ".join(f"{Path(f).relative_to(patient)} ({len(files)} files" + (f", UID {uid})" if uid else ")")
                            for f, uid, files in series)
         raise CaseError(f"several DICOM series in {patient.name}: {listed}; keep only the CT series")
     files = series[0][2]
@@ -131,14 +134,14 @@ class NIHPancreasConverter(DatasetConverter):
         listing = CaseListing(cases=[])
         for case_id in sorted(set(patients) | set(label_files)):
             patient, label = patients.get(case_id), label_files.get(case_id)
-            has_files = patient is not None and bool(files_below(patient))
+            scanned = patient is not None and has_files(patient)
             if label is None:
                 listing.problems.append(CaseProblem(case_id, f"image without label: no label{case_id[-4:]}.nii.gz "
                                                              f"in {self.labels_folder}"))
-            elif not has_files and case_id in WITHDRAWN_SCANS:
+            elif not scanned and case_id in WITHDRAWN_SCANS:
                 listing.notes.append(f"{case_id} skipped as expected: TCIA no longer serves this scan (its folder "
                                      f"is empty or missing; {label.name} exists)")
-            elif not has_files:
+            elif not scanned:
                 listing.problems.append(CaseProblem(case_id, f"label without image: {label.name} exists but "
                                                              f"{patient or patient_root / case_id} has no files"))
             else:

@@ -37,6 +37,8 @@ def test_grid_mismatch_accepts_flips_and_permutations_and_resamples_exactly():
     assert grid_mismatch(Geometry.from_image(image), Geometry.from_image(permuted)) is None
     back = label_on_image_grid(permuted, Geometry.from_image(image))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    resampled = sitk.Resample(permuted, image, sitk.Transform(), sitk.sitkNearestNeighbor, -1, permuted.GetPixelID())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(resampled))
     assert back.GetDirection() == image.GetDirection() and back.GetOrigin() == image.GetOrigin()
 
 
@@ -125,12 +127,15 @@ def test_rerun_is_idempotent_and_existing_target_needs_overwrite(nnunet_dirs, ni
 def nih_bad_source(tmp_path_factory):
     """Two good cases and one case of each kind of bad input."""
     root = tmp_path_factory.mktemp("nih_bad")
-    dicom, labels = synthetic.make_nih_pancreas(root, case_numbers=(1, 2, 3, 4, 5, 6, 7), withdrawn=(70,))
+    dicom, labels = synthetic.make_nih_pancreas(root, case_numbers=(1, 2, 3, 4, 5, 6, 7, 8), withdrawn=(70,))
     (labels / "label0003.nii.gz").unlink()                                            # image without label
     for f in (dicom / "PANCREAS_0004").rglob("*.dcm"):                                # label without image
         f.unlink()
     series_folder = next(p.parent for p in (dicom / "PANCREAS_0005").rglob("1-001.dcm"))
     (series_folder / "1-007.dcm").write_bytes(b"not a dicom file")                    # corrupt DICOM
+    truncated = (series_folder / "1-010.dcm").read_bytes()
+    (series_folder / "1-010.dcm").write_bytes(truncated[:len(truncated) // 2])        # truncated DICOM
+    next((dicom / "PANCREAS_0008").rglob("1-008.dcm")).unlink()                       # missing slice
     synthetic.write_dicom_series(synthetic.to_image(synthetic.phantom((4, 48, 40), 1, 9)[0]),
                                  dicom / "PANCREAS_0006" / "study" / "scout")         # several series
     shifted = sitk.ReadImage(str(labels / "label0007.nii.gz"))                        # geometry mismatch
@@ -141,7 +146,7 @@ def nih_bad_source(tmp_path_factory):
 
 EXPECTED_PROBLEMS = {"PANCREAS_0003": "image without label", "PANCREAS_0004": "label without image",
                      "PANCREAS_0005": "not readable DICOM", "PANCREAS_0006": "several DICOM series",
-                     "PANCREAS_0007": "different physical regions"}
+                     "PANCREAS_0007": "different physical regions", "PANCREAS_0008": "size differs"}
 
 
 def test_bad_cases_stop_before_writing_and_skip_bad_converts_the_rest(nnunet_dirs, nih_bad_source):
@@ -154,7 +159,8 @@ def test_bad_cases_stop_before_writing_and_skip_bad_converts_the_rest(nnunet_dir
     for case_id, reason in EXPECTED_PROBLEMS.items():
         assert reason in problems[case_id], (case_id, problems[case_id])
     assert "origin" in problems["PANCREAS_0007"] and problems["PANCREAS_0007"].count("size (40, 48, 16)") == 2
-    assert "1-007.dcm" in problems["PANCREAS_0005"] and "scout" in problems["PANCREAS_0006"]
+    assert "1-007.dcm" in problems["PANCREAS_0005"] and "1-010.dcm" in problems["PANCREAS_0005"]
+    assert "scout" in problems["PANCREAS_0006"]
     text = err.value.report.format()
     assert "Nothing was written" in text and "PANCREAS_0070 skipped as expected" in text
     assert not list(raw.glob("Dataset932_*")) and _no_leftovers(raw)
@@ -164,7 +170,7 @@ def test_bad_cases_stop_before_writing_and_skip_bad_converts_the_rest(nnunet_dir
     assert sorted(p.identifier for p in report.problems) == sorted(EXPECTED_PROBLEMS)
     manifest = json.loads((raw / "Dataset932_NIHPancreas" / MANIFEST_NAME).read_text())
     assert sorted(case for case, reason in manifest["skipped"]) == sorted(EXPECTED_PROBLEMS)
-    assert "Skipped cases (5)" in report.format()
+    assert "Skipped cases (6)" in report.format()
 
 
 def test_nih_cli_exit_codes(nnunet_dirs, nih_source, nih_bad_source, capsys):
