@@ -142,6 +142,8 @@ class DatasetConverter(ABC):
         self.input_folder = Path(input_folder).resolve()
         if not self.input_folder.is_dir():
             raise ConversionError(f"input folder {input_folder} does not exist")
+        if not 0 < geometry_tolerance < 0.5:
+            raise ConversionError(f"geometry tolerance must be in (0, 0.5) voxels, got {geometry_tolerance}")
         self.geometry_tolerance = geometry_tolerance
         self.options = dict(options, geometry_tolerance=geometry_tolerance)
 
@@ -315,6 +317,9 @@ def run_conversion(converter: DatasetConverter, dataset_id: int, overwrite: bool
     listing = converter.find_cases()
     report.notes = list(listing.notes)
     if not any(c.subset == "train" for c in listing.cases):
+        if listing.problems:
+            report.problems = list(listing.problems)
+            raise BadCasesError(report)
         raise ConversionError(f"no labelled cases found in {converter.input_folder}; "
                               f"see dataset_conversion/README.md for the expected layout")
     manifest = {"converter": type(converter).__name__, "dataset_name": converter.dataset_name,
@@ -367,6 +372,9 @@ def run_conversion(converter: DatasetConverter, dataset_id: int, overwrite: bool
         splits = converter.splits(converted)
         if splits is not None:
             (tmp / SPLITS_NAME).write_text(json.dumps(splits, indent=1))
+            report.notes.append(f"{SPLITS_NAME}: {len(splits)} folds with " +
+                                "/".join(str(len(fold["val"])) for fold in splits) + " validation cases; "
+                                "nnUNetv2_plan_and_preprocess copies it to nnUNet_preprocessed")
         converter.write_extras(tmp, converted, written)
         manifest["skipped"] = [[p.identifier, p.reason] for p in report.problems]
         manifest["notes"] = report.notes
@@ -411,8 +419,6 @@ def run_cli(make_converter: Callable[[argparse.Namespace], DatasetConverter], ar
     """Runs a conversion from parsed arguments; prints the report; returns the exit code (0 ok, 1 bad cases,
     2 wrong arguments/input)."""
     try:
-        if not 0 < args.geometry_tolerance < 0.5:
-            raise ConversionError(f"--geometry-tolerance must be in (0, 0.5), got {args.geometry_tolerance}")
         converter = make_converter(args)
         report = run_conversion(converter, args.dataset_id, overwrite=args.overwrite, skip_bad=args.skip_bad,
                                 num_processes=args.num_processes)

@@ -16,7 +16,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import SimpleITK as sitk
 from nnunetv2.dataset_conversion.convert_MSD_dataset import split_4d_nifti

@@ -271,6 +271,12 @@ def test_lits_full_labels_and_bad_label_values(nnunet_dirs, tmp_path):
     synthetic.make_lits(tmp_path, case_numbers=(0, 1))
     seg = sitk.ReadImage(str(tmp_path / "Training Batch 1" / "segmentation-1.nii"))
     sitk.WriteImage(seg * 3, str(tmp_path / "Training Batch 1" / "segmentation-1.nii"))  # values 0, 3, 6
+    raw = nnunet_dirs["nnUNet_raw"]
+    with pytest.raises(BadCasesError, match="LiTS_001: label values"):  # found while writing: all rolled back
+        run_conversion(LiTSConverter(str(tmp_path)), 938, num_processes=1)
+    assert not list(raw.glob("Dataset938_*")) and _no_leftovers(raw)
+    with pytest.raises(ConversionError, match="tolerance"):
+        LiTSConverter(str(tmp_path), geometry_tolerance=0.6)
     report = run_conversion(LiTSConverter(str(tmp_path)), 938, skip_bad=True, num_processes=1)
     assert report.converted["train"] == ["LiTS_000"]
     assert "label values [3, 6] are not among the expected [0, 1, 2]" in report.problems[0].reason

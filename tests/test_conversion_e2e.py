@@ -17,8 +17,8 @@ def test_converted_dataset_passes_nnunet_verify_dataset_integrity(nnunet_dirs, t
     assert nih_main(["-i", str(tmp_path), "--labels", str(labels), "-d", "946", "-np", "1", "--paper-splits"]) == 0
     result = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "946", "--verify_dataset_integrity", "--no_pp",
                              "-npfp", "1", "-c", "3d_fullres"],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, encoding="utf-8", errors="replace",
-                            timeout=600)
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     name = "Dataset946_NIHPancreas"
     raw_splits = json.loads((nnunet_dirs["nnUNet_raw"] / name / "splits_final.json").read_text())
