@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from copy import deepcopy
 
+import torch
+
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 
@@ -29,8 +31,10 @@ class TinyTrainingMixin:
     tiny_feature_divisor = 2
     tiny_max_features = 64
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # explicit signature: nnU-Net records the init arguments by introspecting the most derived __init__
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.tiny_num_epochs
         self.num_iterations_per_epoch = self.tiny_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.tiny_val_iterations_per_epoch

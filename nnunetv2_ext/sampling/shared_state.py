@@ -1,0 +1,142 @@
+"""State shared between the trainer (main process) and nnU-Net's augmentation workers.
+
+Workers are separate processes with their own copy of the data loader, so an attribute set in the main process never
+reaches them. Instead every training batch gets a global sequence number, claimed from a shared counter, and the
+*batch schedule* says what that number means:
+
+    epoch e:  num_main_iterations main batches (PNSS selection at r(e)),
+              then mini_iterations[e] mini batches (HESS replay of epoch e's hard units)
+
+r(e) is a pure function of the epoch, so workers compute it themselves. ``mini_iterations[e]`` and the mini epoch's
+plan only exist once the main epoch e has been trained; the trainer publishes them into shared memory and a worker
+that reaches a mini batch waits for them. The main process consumes batches strictly in sequence order
+(:class:`OrderedBatchStream`), so each batch is trained in exactly the phase it was built for, with any number of
+workers (nnUNet_n_proc_DA), fork or spawn.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+
+MAIN, MINI = "main", "mini"
+
+
+class BatchSchedule:
+    """Shared counter + published mini-epoch plans. Create in the main process before the workers start."""
+
+    def __init__(self, start_epoch: int, num_epochs: int, num_main_iterations: int, hess_enabled: bool,
+                 plan_capacity: int):
+        self.start_epoch = int(start_epoch)
+        self.num_epochs = int(num_epochs)
+        self.num_main_iterations = int(num_main_iterations)
+        self.hess_enabled = bool(hess_enabled)
+        self.plan_capacity = max(1, int(plan_capacity))
+        self._counter = mp.Value("q", 0)
+        self._mini_iterations = mp.RawArray("q", self.num_epochs + 1)
+        np.frombuffer(self._mini_iterations, dtype=np.int64)[:] = -1
+        # two plan buffers (epoch parity) so that publishing epoch e + 1 can never touch a plan still being read
+        self._plans = mp.RawArray("q", 2 * self.plan_capacity)
+        self._plan_epoch = mp.RawArray("q", 2)
+        self._plan_shape = mp.RawArray("q", 4)
+        self._shutdown = mp.Value("b", 0, lock=False)
+        self._owner_pid = os.getpid()
+        self._located: Tuple[int, int] = (self.start_epoch, 0)  # worker-local cache: (epoch, first index of epoch)
+
+    # ---- main process -------------------------------------------------------------------------------------------
+    def publish_mini_epoch(self, epoch: int, plan: np.ndarray) -> None:
+        """Makes epoch ``epoch``'s mini-epoch plan (iterations, global batch) visible to the workers."""
+        plan = np.asarray(plan, dtype=np.int64)
+        if plan.size > self.plan_capacity:
+            raise ValueError(f"mini-epoch plan of {plan.size} units exceeds capacity {self.plan_capacity}")
+        buf = epoch % 2
+        np.frombuffer(self._plans, dtype=np.int64)[buf * self.plan_capacity: buf * self.plan_capacity + plan.size] = \
+            plan.ravel()
+        np.frombuffer(self._plan_shape, dtype=np.int64)[2 * buf: 2 * buf + 2] = plan.shape if plan.size else (0, 0)
+        np.frombuffer(self._plan_epoch, dtype=np.int64)[buf] = epoch
+        # written last: a worker that sees the count also sees the plan
+        np.frombuffer(self._mini_iterations, dtype=np.int64)[epoch] = plan.shape[0] if plan.size else 0
+
+    def shutdown(self) -> None:
+        """Lets workers that wait for a plan exit (called before nnU-Net stops the workers)."""
+        self._shutdown.value = 1
+
+    # ---- workers (also the main process with nnUNet_n_proc_DA=0) ------------------------------------------------
+    def claim(self) -> int:
+        with self._counter.get_lock():
+            b = self._counter.value
+            self._counter.value += 1
+        return b
+
+    def _mini_count(self, epoch: int) -> int:
+        if not self.hess_enabled or epoch >= self.num_epochs:
+            return 0
+        arr = np.frombuffer(self._mini_iterations, dtype=np.int64)
+        while arr[epoch] < 0:
+            if self._shutdown.value or os.getppid() == 1:
+                raise SystemExit(0)
+            time.sleep(0.002)
+        return int(arr[epoch])
+
+    def locate(self, batch_index: int) -> Tuple[int, str, int]:
+        """(epoch, phase, iteration within that phase) of a batch; may wait for the mini-epoch plan to be published."""
+        epoch, first = self._located
+        if batch_index < first:  # only happens if a loader is reused after a restart; walk from the start
+            epoch, first = self.start_epoch, 0
+        while True:
+            n_main = self.num_main_iterations
+            if batch_index < first + n_main:
+                self._located = (epoch, first)
+                return epoch, MAIN, batch_index - first
+            n_mini = self._mini_count(epoch)
+            if batch_index < first + n_main + n_mini:
+                self._located = (epoch, first)
+                return epoch, MINI, batch_index - first - n_main
+            epoch, first = epoch + 1, first + n_main + n_mini
+
+    def mini_plan_row(self, epoch: int, iteration: int) -> np.ndarray:
+        buf = epoch % 2
+        tagged = int(np.frombuffer(self._plan_epoch, dtype=np.int64)[buf])
+        if tagged != epoch:
+            raise RuntimeError(f"HESS: mini-epoch plan buffer holds epoch {tagged}, expected {epoch}")
+        rows, cols = (int(v) for v in np.frombuffer(self._plan_shape, dtype=np.int64)[2 * buf: 2 * buf + 2])
+        plan = np.frombuffer(self._plans, dtype=np.int64)[buf * self.plan_capacity: buf * self.plan_capacity +
+                                                           rows * cols].reshape(rows, cols)
+        return plan[iteration].copy()
+
+
+class OrderedBatchStream:
+    """Wraps nnU-Net's augmenter and hands out batches in sequence order (workers finish them in any order)."""
+
+    def __init__(self, augmenter, schedule: Optional[BatchSchedule] = None):
+        self.augmenter = augmenter
+        self.schedule = schedule
+        self._expected = 0
+        self._buffer = {}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        while self._expected not in self._buffer:
+            item = next(self.augmenter)
+            self._buffer[int(item["batch_index"])] = item
+        item = self._buffer.pop(self._expected)
+        self._expected += 1
+        return item
+
+    next = __next__
+
+    def prefetch(self) -> None:
+        """Starts the workers and waits for one batch without consuming it (nnU-Net's warm-up)."""
+        item = next(self.augmenter)
+        self._buffer[int(item["batch_index"])] = item
+
+    def _finish(self):
+        if self.schedule is not None:
+            self.schedule.shutdown()
+        if hasattr(self.augmenter, "_finish"):
+            self.augmenter._finish()
