@@ -39,7 +39,8 @@ class FLARE22Converter(DatasetConverter):
     dataset_name = "FLARE22"
     channel_names = {0: "CT"}
     labels = {"background": 0, **{organ: i + 1 for i, organ in enumerate(ORGANS)}}
-    extra_json = {"reference": "https://flare22.grand-challenge.org/", "license": "CC BY-NC-SA 4.0 (FLARE22)"}
+    extra_json = {"reference": "https://flare22.grand-challenge.org/",
+                  "license": "see the data terms at the reference page"}
 
     def __init__(self, input_folder: str, write_unlabeled: bool = False, **kwargs):
         super().__init__(input_folder, write_unlabeled=write_unlabeled, **kwargs)

@@ -30,7 +30,7 @@ _TEST_VOLUME = re.compile(r"^test-volume-(\d+)\.nii(\.gz)?$")
 class LiTSConverter(DatasetConverter):
     channel_names = {0: "CT"}
     extra_json = {"reference": "https://competitions.codalab.org/competitions/17094",
-                  "license": "CC BY-NC-SA 4.0 (LiTS)"}
+                  "license": "see the data terms at the reference page"}
 
     def __init__(self, input_folder: str, tumor_only: bool = False, paper_split: bool = False,
                  num_test_cases: int = NUM_TEST_CASES, **kwargs):

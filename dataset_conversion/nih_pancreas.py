@@ -9,6 +9,7 @@ Reading: SimpleITK/GDCM (``ImageSeriesReader``) groups and sorts the slices and 
 so the written images are in HU. Validation only scans the DICOM headers (GDCM scanner + first/last slice
 information); pixel data are read once, when writing.
 """
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_ext.dataset_conversion.common import (CaseError, CaseListing, CaseProblem, ConversionError,
-                                                    DatasetConverter, FILE_ENDING, SourceCase, files_below,
-                                                    has_files, kfold_test_folds, make_parser, run_cli)
+                                                    DatasetConverter, FILE_ENDING, SourceCase, has_files,
+                                                    kfold_test_folds, make_parser, run_cli)
 from nnunetv2_ext.dataset_conversion.geometry import Geometry, grid_mismatch
 
 #: Scans TCIA no longer serves (their patient folders are empty while the label files exist): skipped with a note.
@@ -44,7 +45,8 @@ def find_patient_root(folder: Path) -> Path:
 
 def dicom_folders(patient: Path) -> List[Path]:
     """Folders below ``patient`` (inclusive) that directly contain files (hidden files ignored)."""
-    return sorted({f.parent for f in files_below(patient)})
+    return [Path(d) for d, _, files in sorted(os.walk(patient, followlinks=True))
+            if any(not f.startswith(".") for f in files)]
 
 
 def scan_dicom_series(patient: Path) -> List[str]:
@@ -111,7 +113,7 @@ class NIHPancreasConverter(DatasetConverter):
     channel_names = {0: "CT"}
     labels = {"background": 0, "pancreas": 1}
     extra_json = {"reference": "https://doi.org/10.7937/K9/TCIA.2016.tNB1kqBU",
-                  "license": "CC BY 3.0 (TCIA Pancreas-CT)"}
+                  "license": "see the data terms at the reference page (TCIA)"}
 
     def __init__(self, input_folder: str, labels_folder: str, paper_splits: bool = False, **kwargs):
         super().__init__(input_folder, labels_folder=str(Path(labels_folder).resolve()), paper_splits=paper_splits,
