@@ -53,3 +53,8 @@ def masked_mean(values: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Te
         return values.mean()
     count = valid.sum() * values.shape[1]
     return (values * valid).sum() / count.clamp_min(1.0)
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 (autocast) -> float32 for stable softmax and sums; float32/float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nnunetv2_ext.losses._common import check_logits_and_target, check_sdm, labels_and_valid_mask, masked_mean
+from nnunetv2_ext.losses._common import (check_logits_and_target, check_sdm, labels_and_valid_mask, masked_mean,
+                                         upcast)
 
 
 class BoundaryLoss(nn.Module):
@@ -35,5 +36,5 @@ class BoundaryLoss(nn.Module):
         check_logits_and_target(logits, target, "BoundaryLoss")
         check_sdm(logits, sdm, "BoundaryLoss")
         _, valid = labels_and_valid_mask(target, self.ignore_label)
-        probs_fg = torch.softmax(logits.float(), 1)[:, 1:]
+        probs_fg = torch.softmax(upcast(logits), 1)[:, 1:]
         return masked_mean(probs_fg * sdm.to(probs_fg.dtype), valid)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nnunetv2_ext.losses._common import (check_logits_and_target, check_sdm, labels_and_valid_mask, masked_mean,
-                                         one_hot)
+                                         one_hot, upcast)
 
 
 class HausdorffDTLoss(nn.Module):
@@ -58,7 +58,7 @@ class HausdorffDTLoss(nn.Module):
         check_logits_and_target(logits, target, "HausdorffDTLoss")
         check_sdm(logits, sdm, "HausdorffDTLoss")
         labels, valid = labels_and_valid_mask(target, self.ignore_label)
-        probs = torch.softmax(logits.float(), 1)
+        probs = torch.softmax(upcast(logits), 1)
         reference = one_hot(labels, logits.shape[1], probs.dtype)
         distance_weight = sdm.abs().to(probs.dtype) ** self.exponent
         if self.use_prediction_distance:

@@ -54,7 +54,7 @@ class StepUpWeight:
     def __call__(self, epoch: int, num_epochs: int) -> float:
         _check_epoch(epoch, num_epochs)
         step_epochs = max(1, round(self.step_fraction * num_epochs))
-        return float(min(self.maximum, self.start + self.increment * (epoch // step_epochs)))
+        return round(min(self.maximum, self.start + self.increment * (epoch // step_epochs)), 12)  # 0.6, not 0.6000000001
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunetv2_ext.losses._common import check_logits_and_target, labels_and_valid_mask, one_hot
+from nnunetv2_ext.losses._common import check_logits_and_target, labels_and_valid_mask, one_hot, upcast
 
 
 def _max_pool_along(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def shared_boundary_matrix(probs: torch.Tensor, valid: Optional[torch.Tensor] = 
     ``b_i · dilate(P_j)`` (on one-hot input: boundary voxels of i with a neighbour in j). Then
     ``l_i = Σ b_i``, ``l_ij = Σ b_i dilate(P_j)`` and ``m(i, j) = l_ij / max(l_i, 1)``: on one-hot input l_i is a
     voxel count, so this is exactly l_ij / l_i (0 for an absent class), and the clamp bounds the gradient when the
-    soft boundary is faint.
+    soft boundary is faint. m is defined for i ≠ j; the diagonal is set to 0.
 
     Args:
         probs: (B, C, *spatial) class probabilities (or one-hot).
@@ -52,7 +52,8 @@ def shared_boundary_matrix(probs: torch.Tensor, valid: Optional[torch.Tensor] = 
     # l_ij for all pairs at once: Σ_x b_i(x) dilate(P_j)(x)
     shared = torch.einsum("bi...,bj...->bij", boundary, grown)
     length = boundary.sum(spatial)  # (B, C)
-    return shared / length.clamp_min(1.0)[..., None]
+    matrix = shared / length.clamp_min(1.0)[..., None]
+    return matrix * (1 - torch.eye(probs.shape[1], dtype=matrix.dtype, device=matrix.device))
 
 
 class InterClassSharedBoundaryLoss(nn.Module):
@@ -60,7 +61,7 @@ class InterClassSharedBoundaryLoss(nn.Module):
 
     The paper builds the prediction matrix from the argmax, which has no gradient; here it is built from the softmax
     probabilities with soft boundaries (see :func:`shared_boundary_matrix`), which equals the discrete definition on
-    one-hot input (tested). Off-diagonal entries (i ≠ j, background included) enter the mean; m(i, i) is always ~1.
+    one-hot input (tested). The C·(C-1) off-diagonal entries (i ≠ j, background included) enter the mean.
     With an ignore label, voxels that are ignored or have an ignored neighbour do not count, and ignored voxels count
     as background in the reference one-hot.
 
@@ -80,7 +81,7 @@ class InterClassSharedBoundaryLoss(nn.Module):
         labels, valid = labels_and_valid_mask(target, self.ignore_label)
         if valid is not None:
             valid = erode(valid)
-        probs = torch.softmax(logits.float(), 1)
+        probs = torch.softmax(upcast(logits), 1)
         reference = one_hot(labels, logits.shape[1], probs.dtype)
         diff = shared_boundary_matrix(probs, valid) - shared_boundary_matrix(reference, valid)
         off_diagonal = ~torch.eye(logits.shape[1], dtype=torch.bool, device=logits.device)

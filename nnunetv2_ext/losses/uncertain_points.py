@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunetv2_ext.losses._common import check_logits_and_target
+from nnunetv2_ext.losses._common import check_logits_and_target, upcast
 
 
 def point_sample(values: torch.Tensor, points: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -75,7 +75,7 @@ class UncertainPointLoss(nn.Module):
         num_uncertain = int(round(self.importance_ratio * self.num_points))
         num_candidates = max(num_uncertain, int(round(self.oversample_ratio * self.num_points)))
         candidates = torch.rand(b, num_candidates, dims, device=device)
-        uncertainty = uncertainty_from_logits(point_sample(logits.detach().float(), candidates))
+        uncertainty = uncertainty_from_logits(point_sample(upcast(logits.detach()), candidates))
         keep = uncertainty.topk(num_uncertain, dim=1).indices
         uncertain_points = torch.gather(candidates, 1, keep[..., None].expand(-1, -1, dims))
         random_points = torch.rand(b, self.num_points - num_uncertain, dims, device=device)
@@ -85,7 +85,7 @@ class UncertainPointLoss(nn.Module):
                 ) -> torch.Tensor:
         check_logits_and_target(logits, target, "UncertainPointLoss")
         points = self.select_points(logits)
-        point_logits = point_sample(logits.float(), points)  # (B, C, N)
+        point_logits = point_sample(upcast(logits), points)  # (B, C, N)
         point_labels = point_sample(target.float(), points, mode="nearest")[:, 0].round().long()  # (B, N)
         ignore_index = -100 if self.ignore_label is None else int(self.ignore_label)
         if not (point_labels != ignore_index).any():
