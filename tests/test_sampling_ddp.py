@@ -24,7 +24,7 @@ def _rank_main(rank, world, port, out_dir):
     try:
         rng = np.random.default_rng(rank)  # each rank scored different units with different values
         units = rng.choice(40, 15, replace=False)
-        dsc = rng.uniform(0, 1, 15).astype(np.float32)
+        dsc = rng.uniform(0.3, 1, 15).astype(np.float32)  # mean ~0.65: some hard units
         table = HardnessTable(40)
         all_units, all_dsc = gather_scores(units, dsc)
         table.update(all_units, all_dsc, epoch=3)
