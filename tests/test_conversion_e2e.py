@@ -26,3 +26,28 @@ def test_converted_dataset_passes_nnunet_verify_dataset_integrity(nnunet_dirs, t
     assert json.loads((preprocessed / "splits_final.json").read_text()) == raw_splits
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
+
+
+@pytest.mark.e2e
+def test_lits_msd_flare22_outputs_pass_nnunet_verify_dataset_integrity(nnunet_dirs, tmp_path, monkeypatch):
+    """nnU-Net's own integrity check (labels, channels, geometry) on one tiny dataset per converter/setting."""
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    from nnunetv2_ext.dataset_conversion.common import run_conversion
+    from nnunetv2_ext.dataset_conversion.flare22 import FLARE22Converter
+    from nnunetv2_ext.dataset_conversion.lits import LiTSConverter
+    from nnunetv2_ext.dataset_conversion.msd import MSDConverter
+
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))  # own raw folder: ids cannot clash with other tests
+    brain = synthetic.make_msd(tmp_path / "msd", "Task01_BrainTumour", case_numbers=(1, 2, 3), test_numbers=(4,))
+    converters = {
+        930: LiTSConverter(str(synthetic.make_lits(tmp_path / "lits", case_numbers=(0, 1, 2))), tumor_only=True,
+                           paper_split=True, num_test_cases=1),
+        931: MSDConverter(str(brain)),
+        932: MSDConverter(str(brain), brats_edema_t1gd=True, paper_split=True, num_test_cases=1),
+        933: FLARE22Converter(str(synthetic.make_flare22(tmp_path / "flare", labeled=(1, 2), unlabeled=(1,))),
+                              write_unlabeled=True),
+    }
+    for dataset_id, converter in converters.items():
+        report = run_conversion(converter, dataset_id, num_processes=1)
+        verify_dataset_integrity(str(report.dataset_folder), num_processes=1)  # raises on any problem
