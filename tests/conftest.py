@@ -25,3 +25,30 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is missing")
     return SHARED_DATA
+
+
+def run_cmd(args, timeout=900, env=None, cwd=None):
+    """Runs an nnU-Net / nnunetv2_ext command; on failure the assertion shows the end of its output."""
+    import subprocess
+    full_env = dict(os.environ)
+    full_env.update(TEST_ENV)
+    full_env.update(env or {})
+    p = subprocess.run([str(a) for a in args], env=full_env, cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(map(str, args))} failed ({p.returncode}):\n{(p.stdout + p.stderr)[-6000:]}"
+    return p.stdout + p.stderr
+
+
+# Augmentation workers ON, as in real training; nnU-Net's export pool small (CI has 2 cores).
+TEST_ENV = {"nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1"}
+PHANTOM_ID = 901
+
+
+@pytest.fixture(scope="session")
+def phantom_2d(nnunet_dirs):
+    """The phantom (10 training + 2 test cases, 24x48x48), planned and preprocessed for 2d; returns its raw folder."""
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+    raw = write_phantom_dataset(PHANTOM_ID, PhantomConfig(num_cases=10, num_test=2, shape=(24, 48, 48)),
+                                str(nnunet_dirs["nnUNet_raw"]))
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", PHANTOM_ID, "-c", "2d", "-np", "1"])
+    return pathlib.Path(raw)

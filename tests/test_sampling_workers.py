@@ -1,0 +1,58 @@
+"""The PNSS/HESS loader with nnU-Net's multi-process augmenter (2 workers): every batch is built for the phase the
+schedule assigns to it, including mini epochs whose plan is published by the main process while workers run."""
+import json
+import os
+
+import numpy as np
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderPNSSHESS
+from nnunetv2_ext.sampling.pnss import PNSSSchedule
+from nnunetv2_ext.sampling.shared_state import BatchSchedule, OrderedBatchStream
+from nnunetv2_ext.sampling.slice_table import build_slice_table
+
+
+def test_workers_follow_r_and_published_hard_set(phantom_2d, nnunet_dirs):
+    pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
+    folder = str(pre / "nnUNetPlans_2d")
+    ds_class = infer_dataset_class(folder)
+    ids = sorted(ds_class.get_identifiers(folder))
+    ds = ds_class(folder, ids)
+    pm = PlansManager(str(pre / "nnUNetPlans.json"))
+    lm = pm.get_label_manager(json.load(open(pre / "dataset.json")))
+    patch = pm.get_configuration("2d").patch_size
+    table = build_slice_table(ds, ids, folder, None)
+    assert (table.k > 0).all() and (table.num_slices > table.k).all()  # phantom: negatives at both ends
+
+    pnss = PNSSSchedule(alpha=0.5, beta=1)  # r = 1, 0.5, 0
+    n_main, bs = 4, 4
+    sched = BatchSchedule(0, 3, n_main, hess_enabled=True, plan_capacity=64)
+    dl = nnUNetDataLoaderPNSSHESS(ds, bs, patch, patch, lm, table, pnss, sched, oversample_foreground_percent=0.33)
+    stream = OrderedBatchStream(NonDetMultiThreadedAugmenter(dl, None, 2, num_cached=4, seeds=None), sched)
+    main_pid = os.getpid()
+    try:
+        # the 'hard' units are the first slice of every case: negatives that PNSS drops at r < 1, so they can only
+        # show up in a batch if the workers received the plan
+        far_negatives = np.array([table.unit(c, 0) for c in range(len(ids))])
+        for epoch in range(3):
+            selected = table.selected_mask(pnss.ratio(epoch))
+            for it in range(n_main):
+                batch = next(stream)
+                assert (batch["epoch"], batch["phase"]) == (epoch, "main")
+                assert selected[batch["units"]].all(), f"epoch {epoch}: sampled a slice outside the PNSS slab"
+                assert batch["data"].shape[0] == bs
+            plan = far_negatives[np.random.default_rng(epoch).permutation(len(ids))][:8].reshape(2, bs)
+            sched.publish_mini_epoch(epoch, plan)
+            for it in range(2):
+                batch = next(stream)
+                assert (batch["epoch"], batch["phase"]) == (epoch, "mini")
+                assert batch["units"].tolist() == plan[it].tolist()
+                # these slices carry no foreground: the targets confirm the workers cropped exactly them
+                assert int(batch["target"].max()) == 0
+        assert sched._counter.value >= 3 * (n_main + 2)
+        assert os.getpid() == main_pid and all(p.pid != main_pid for p in stream.augmenter._processes)
+    finally:
+        stream._finish()
