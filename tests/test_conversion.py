@@ -70,6 +70,16 @@ def test_kfold_and_holdout_splits():
     assert (len(train), len(test)) == (436, 48)
 
 
+def test_nih_paper_folds_are_drawn_over_all_82_label_files(tmp_path):
+    converter = NIHPancreasConverter(str(tmp_path), str(tmp_path), paper_splits=True)
+    converter.protocol_cases = [f"PANCREAS_{i:04d}" for i in range(1, 83)]
+    available = [c for c in converter.protocol_cases if c not in ("PANCREAS_0025", "PANCREAS_0070")]
+    splits = converter.splits({"train": available})
+    assert [len(s["val"]) for s in splits] == [20, 21, 19, 20]  # 21/21/20/20 before removing the two scans
+    assert sorted(sum((s["val"] for s in splits), [])) == available
+    assert all(not set(s["train"]) & set(s["val"]) and len(s["train"]) + len(s["val"]) == 80 for s in splits)
+
+
 # ------------------------------------------------------------------ NIH Pancreas-CT, synthetic DICOM
 @pytest.fixture(scope="module")
 def nih_source(tmp_path_factory):
