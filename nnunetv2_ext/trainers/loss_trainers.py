@@ -38,12 +38,15 @@ from nnunetv2_ext.losses import (BoundaryLoss, ConstantWeight, HausdorffDTLoss, 
                                  MultiLevelStructuralLoss, RegionAndStructuralLoss, StepUpWeight, SwitchWeight,
                                  UncertainPointLoss)
 from nnunetv2_ext.losses.compound import Schedule
+from nnunetv2_ext.sampling.trainer_mixin import PNSSHESSMixin
+from nnunetv2_ext.trainers.pnss_hess import SmallScheduleMixin
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 
 __all__ = ["nnUNetTrainerBoundary", "nnUNetTrainerHausdorff", "nnUNetTrainerMLL", "nnUNetTrainerSharedBoundary",
            "nnUNetTrainerBoundaryTiny", "nnUNetTrainerHausdorffTiny", "nnUNetTrainerMLLTiny",
-           "nnUNetTrainerSharedBoundaryTiny", "StructuralLossTrainerBase"]
+           "nnUNetTrainerSharedBoundaryTiny", "nnUNetTrainerPNSSHESS_MLL", "nnUNetTrainerPNSSHESS_MLLTiny",
+           "StructuralLossTrainerBase"]
 
 
 class StructuralLossTrainerBase(nnUNetTrainer):
@@ -92,13 +95,21 @@ class StructuralLossTrainerBase(nnUNetTrainer):
 
     # nnU-Net declares these two as staticmethods and calls them through self; instance methods here, because the
     # SDM transform needs the spacing and labels. They run once, in the main process; the transform runs in workers.
-    def get_training_transforms(self, *args, **kwargs):
-        transforms = super().get_training_transforms(*args, **kwargs)
-        return ComposeTransforms([transforms, self._sdm_transform()]) if self.uses_sdm else transforms
+    # Only the deep-supervision pipelines (training, validation) get the maps; others, e.g. the PNSS/HESS scoring
+    # pass (no deep-supervision scales), stay nnU-Net's.
+    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, *args, **kwargs):
+        transforms = super().get_training_transforms(patch_size, rotation_for_DA, deep_supervision_scales, *args,
+                                                     **kwargs)
+        return self._with_sdm(transforms, deep_supervision_scales)
 
-    def get_validation_transforms(self, *args, **kwargs):
-        transforms = super().get_validation_transforms(*args, **kwargs)
-        return ComposeTransforms([transforms, self._sdm_transform()]) if self.uses_sdm else transforms
+    def get_validation_transforms(self, deep_supervision_scales, *args, **kwargs):
+        return self._with_sdm(super().get_validation_transforms(deep_supervision_scales, *args, **kwargs),
+                              deep_supervision_scales)
+
+    def _with_sdm(self, transforms, deep_supervision_scales):
+        if not self.uses_sdm or deep_supervision_scales is None:
+            return transforms
+        return ComposeTransforms([transforms, self._sdm_transform()])
 
 
 class nnUNetTrainerBoundary(StructuralLossTrainerBase):
@@ -150,8 +161,9 @@ class nnUNetTrainerSharedBoundary(StructuralLossTrainerBase):
     uses_sdm = False
     shared_boundary_weight: Schedule = ConstantWeight(1.0)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         if len(self.label_manager.foreground_labels) < 2:
             self.print_to_log_file(f"WARNING: {type(self).__name__} on a dataset with one foreground class: the "
                                    f"shared-boundary matrix then carries little information (see trainers_docs).")
@@ -160,6 +172,10 @@ class nnUNetTrainerSharedBoundary(StructuralLossTrainerBase):
         term = InterClassSharedBoundaryLoss(self.label_manager.ignore_label)
         return RegionAndStructuralLoss(region_loss, {"shared_boundary": (term, self.shared_boundary_weight)},
                                        uses_sdm=False)
+
+
+class nnUNetTrainerPNSSHESS_MLL(PNSSHESSMixin, nnUNetTrainerMLL):
+    """Multi-level structural loss (Eq. 11) with PNSS/HESS slice sampling (nnunetv2_ext.sampling)."""
 
 
 class _TinyLossSettings:
@@ -185,4 +201,9 @@ class nnUNetTrainerMLLTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerML
 
 
 class nnUNetTrainerSharedBoundaryTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerSharedBoundary):
+    pass
+
+
+class nnUNetTrainerPNSSHESS_MLLTiny(_TinyLossSettings, TinyTrainingMixin, SmallScheduleMixin,
+                                    nnUNetTrainerPNSSHESS_MLL):
     pass
