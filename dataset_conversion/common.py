@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -129,8 +129,8 @@ class BadCasesError(Exception):
 class DatasetConverter(ABC):
     """One source dataset. Instances are sent to worker processes, so keep their attributes picklable.
 
-    Subclasses set ``dataset_name`` (folder name part after ``DatasetXXX_``), ``channel_names``, ``labels`` and
-    implement ``find_cases``/``validate_case``/``convert_case``; ``options`` (plain JSON values) go into the
+    Subclasses set ``dataset_name`` (folder name part after ``DatasetXXX_``), ``channel_names``, ``labels``,
+    implement ``find_cases``/``convert_case`` and, for other than single-file images, ``validate_case``; ``options`` (plain JSON values) go into the
     manifest so that a re-run with other options is not mistaken for an up-to-date dataset.
     """
     dataset_name: str
@@ -151,9 +151,16 @@ class DatasetConverter(ABC):
     def find_cases(self) -> CaseListing:
         ...
 
-    @abstractmethod
     def validate_case(self, case: SourceCase) -> SourceCase:
-        """Header-level checks; raise CaseError. Returns the case with what writing needs filled in."""
+        """Header-level checks; raise CaseError. Returns the case with what writing needs filled in.
+
+        Default (one image file readable by SimpleITK, optional label): the image geometry, and the label checked
+        against it; stored as ``info["geometry"]``.
+        """
+        geometry = Geometry.from_file(case.images[0])
+        if case.label is not None:
+            self.check_label_geometry(case, geometry)
+        return replace(case, info={"geometry": geometry})
 
     @abstractmethod
     def convert_case(self, case: SourceCase, dataset_folder: Path) -> None:

@@ -21,7 +21,6 @@ import SimpleITK as sitk
 
 from nnunetv2_ext.dataset_conversion.common import (CaseListing, CaseProblem, DatasetConverter, FILE_ENDING,
                                                     SUBSET_FOLDERS, SourceCase, make_parser, run_cli)
-from nnunetv2_ext.dataset_conversion.geometry import Geometry
 
 UNLABELED_LIST = "unlabeled_cases.json"
 ORGANS = ("liver", "right kidney", "spleen", "pancreas", "aorta", "inferior vena cava", "right adrenal gland",
@@ -71,12 +70,6 @@ class FLARE22Converter(DatasetConverter):
             listing.cases += [SourceCase(case_id, subset, (str(paths[0]),))
                               for case_id, paths in sorted(found[kind].items()) if len(paths) == 1]
         return listing
-
-    def validate_case(self, case: SourceCase) -> SourceCase:
-        geometry = Geometry.from_file(case.images[0])
-        if case.label is not None:
-            self.check_label_geometry(case, geometry)
-        return SourceCase(case.identifier, case.subset, case.images, case.label, {"geometry": geometry})
 
     def convert_case(self, case: SourceCase, dataset_folder: Path) -> None:
         images, labels = SUBSET_FOLDERS[case.subset]

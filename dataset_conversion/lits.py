@@ -17,7 +17,6 @@ import SimpleITK as sitk
 
 from nnunetv2_ext.dataset_conversion.common import (CaseListing, CaseProblem, DatasetConverter, FILE_ENDING,
                                                     SUBSET_FOLDERS, SourceCase, holdout_split, make_parser, run_cli)
-from nnunetv2_ext.dataset_conversion.geometry import Geometry
 
 SPLIT_SEED = 12345
 NUM_TEST_CASES = 26
@@ -86,11 +85,6 @@ class LiTSConverter(DatasetConverter):
         listing.cases = [SourceCase(i, "test" if i in test else "train", (str(v),), str(s))
                          for i, (v, s) in pairs.items()]
         return listing
-
-    def validate_case(self, case: SourceCase) -> SourceCase:
-        geometry = Geometry.from_file(case.images[0])
-        self.check_label_geometry(case, geometry)
-        return SourceCase(case.identifier, case.subset, case.images, case.label, {"geometry": geometry})
 
     def convert_case(self, case: SourceCase, dataset_folder: Path) -> None:
         images, labels = SUBSET_FOLDERS[case.subset]

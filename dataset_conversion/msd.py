@@ -24,7 +24,6 @@ from nnunetv2.dataset_conversion.convert_MSD_dataset import split_4d_nifti
 from nnunetv2_ext.dataset_conversion.common import (CaseError, CaseListing, CaseProblem, ConversionError,
                                                     DatasetConverter, FILE_ENDING, SUBSET_FOLDERS, SourceCase,
                                                     holdout_split, make_parser, run_cli)
-from nnunetv2_ext.dataset_conversion.geometry import Geometry
 
 SPLIT_SEED = 12345
 #: Paper protocols: task -> number of held-out test cases (484 labelled BrainTumour cases -> 436 / 48).
@@ -112,10 +111,7 @@ class MSDConverter(DatasetConverter):
         if channels != self.num_channels:
             raise CaseError(f"{Path(case.images[0]).name} has {channels} channel(s), dataset.json lists "
                             f"{self.num_channels}")
-        geometry = Geometry.from_file(case.images[0])
-        if case.label is not None:
-            self.check_label_geometry(case, geometry)
-        return SourceCase(case.identifier, case.subset, case.images, case.label, {"geometry": geometry})
+        return super().validate_case(case)
 
     def convert_case(self, case: SourceCase, dataset_folder: Path) -> None:
         images, labels = SUBSET_FOLDERS[case.subset]

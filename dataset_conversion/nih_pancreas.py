@@ -12,6 +12,7 @@ information); pixel data are read once, when writing.
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -154,7 +155,7 @@ class NIHPancreasConverter(DatasetConverter):
         files = scan_dicom_series(Path(case.images[0]))
         geometry = series_geometry(files)
         self.check_label_geometry(case, geometry)
-        return SourceCase(case.identifier, case.subset, tuple(files), case.label, {"geometry": geometry})
+        return replace(case, images=tuple(files), info={"geometry": geometry})
 
     def convert_case(self, case: SourceCase, dataset_folder: Path) -> None:
         reader = sitk.ImageSeriesReader()
