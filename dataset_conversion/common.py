@@ -130,8 +130,9 @@ class DatasetConverter(ABC):
     """One source dataset. Instances are sent to worker processes, so keep their attributes picklable.
 
     Subclasses set ``dataset_name`` (folder name part after ``DatasetXXX_``), ``channel_names``, ``labels``,
-    implement ``find_cases``/``convert_case`` and, for other than single-file images, ``validate_case``; ``options`` (plain JSON values) go into the
-    manifest so that a re-run with other options is not mistaken for an up-to-date dataset.
+    implement ``find_cases``/``convert_case`` and, for other than single-file images, ``validate_case``.
+    ``options`` (plain JSON values) go into the manifest so that a re-run with other options is not mistaken for an
+    up-to-date dataset.
     """
     dataset_name: str
     channel_names: Dict[int, str]
