@@ -290,7 +290,11 @@ def write_comparison_report(results: Mapping[str, EvaluationResult], output_fold
     for spec in first.labels:
         for m in metrics:
             if m in comparison["labels"][spec.key]["metrics"]:
+                direction = "higher" if METRICS[m][0] else "lower" if METRICS[m][0] is False else "closer to 0"
                 text += [f"## {m}, label {spec.name}: worst cases and paired differences\n",
+                         f"Δ = method − {comparison['baseline']} per case ({direction} is better); worst-"
+                         f"{comparison['worst_fraction'] * 100:g}% = mean of the worst "
+                         f"{math.ceil(comparison['worst_fraction'] * len(cases))} cases; intervals: bootstrap 95 %.\n",
                          format_comparison_table(comparison, m, spec.key), ""]
         png = os.path.join(output_folder, f"comparison_{spec.name}.png".replace(os.sep, "_"))
         plot_comparison(results, png, [m for m in plot_metrics if m in METRICS], spec.key, cases)
