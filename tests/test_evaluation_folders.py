@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_ext.evaluation import (EvaluationInputError, compare_folders, compare_results, evaluate_folders,
+from nnunetv2_ext.evaluation import (EvaluationInputError, compare_folders, evaluate_folders,
                                      format_markdown_table, mask_metrics)
 from nnunetv2_ext.evaluation.cli import compare_main, evaluate_main
 from nnunetv2_ext.evaluation.sitk_reference import reference_metrics
@@ -143,12 +143,31 @@ def test_nnunet_result_folders(folders):
         for i in cases:
             shutil.copy(folders / "good" / f"case_{i}.nii.gz", trainer / f"fold_{fold}" / "validation")
     shutil.copy(folders / "dataset.json", trainer)
+    (trainer / "fold_all" / "validation").mkdir(parents=True)  # trained on all cases: never pooled
+    shutil.copy(folders / "bad" / "case_0.nii.gz", trainer / "fold_all" / "validation")
     pooled = evaluate_folders(folders / "references", trainer, num_processes=1, progress=False)
     assert pooled.cases == [f"case_{i}" for i in range(4)] and pooled.labels[1].name == "lesion"
     fold = evaluate_folders(folders / "references", trainer / "fold_1", num_processes=1, progress=False)
     assert fold.cases == ["case_2", "case_3"] and fold.settings["single_fold_folder"]
     results = compare_folders(folders / "references", [trainer, folders / "bad"], num_processes=1, progress=False)
     assert list(results) == ["nnUNetTrainerX", "bad"]
+
+
+def test_2d_png_images_through_nnunet_reader(tmp_path):
+    """nnU-Net reads PNG label maps as 1 x H x W with a dummy spacing; they are evaluated as 2D images."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    ref = np.zeros((40, 50), np.uint8)
+    ref[10:30, 10:30] = 1
+    pred = np.roll(ref, 2, axis=1)
+    sitk.WriteImage(sitk.GetImageFromArray(ref), str(ref_dir / "img_0.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(pred), str(pred_dir / "img_0.png"))
+    result = evaluate_folders(ref_dir, pred_dir, num_processes=1, progress=False)
+    assert result.settings["reader"] == "NaturalImage2DIO"
+    metrics = result.per_case["img_0"]["1"]
+    assert metrics["DSC"] == pytest.approx(2 * 18 * 20 / 800) and metrics["HD95"] == pytest.approx(2.0)
+    assert metrics["vol_ref_ml"] == pytest.approx(400 / 1000)  # 2D: pixel area 1 x 1, not the dummy 999 slice
 
 
 def test_summary_statistics_by_hand():
@@ -195,6 +214,13 @@ def test_command_lines_write_reports(folders, tmp_path, capsys):
     comparison = json.loads((cmp_out / "comparison.json").read_text())["comparison"]
     dsc = comparison["labels"]["1"]["metrics"]["DSC"]
     assert dsc["vs_baseline"]["B"]["n_worse"] == 4 and dsc["methods"]["A"]["mean"] > dsc["methods"]["B"]["mean"]
+    differences = [r.split(",") for r in (cmp_out / "paired_differences.csv").read_text().splitlines()]
+    dsc_rows = [r for r in differences[1:] if r[1] == "1" and r[2] == "DSC"]
+    assert len(dsc_rows) == 4 and all(r[0] == "B" and r[7] == "worse" for r in dsc_rows)
+    assert float(dsc_rows[0][6]) == pytest.approx(float(dsc_rows[0][5]) - float(dsc_rows[0][4]))
+    summary_rows = (cmp_out / "summary.csv").read_text().splitlines()
+    assert summary_rows[0].startswith("method,label,label_name,metric,n,n_undefined,mean,std")
+    assert any(r.startswith("B,2,2,HD95,3,1,") for r in summary_rows)  # B misses the lesion of case_2
     png = cmp_out / "comparison_1.png"
     assert png.stat().st_size > 10000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "| B |" in capsys.readouterr().out

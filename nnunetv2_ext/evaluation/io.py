@@ -6,10 +6,10 @@ of all its folds are pooled, i.e. the cross-validation predictions) or a ``valid
 """
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Dict, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, subdirs, subfiles
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, subdirs, subfiles
 from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_dataset_json,
@@ -118,7 +118,9 @@ def prediction_files(folder: str, file_ending: str) -> Tuple[Dict[str, str], boo
         return files, single_fold
     if isdir(join(folder, "validation")):  # a fold folder
         return files_by_case(join(folder, "validation"), file_ending), True
-    fold_dirs = sorted(d for d in subdirs(folder, prefix="fold_", join=False) if isdir(join(folder, d, "validation")))
+    # numbered folds only: fold_all was trained on every case, its "validation" cases are training cases
+    fold_dirs = sorted(d for d in subdirs(folder, prefix="fold_", join=False)
+                       if d[5:].isdigit() and isdir(join(folder, d, "validation")))
     if fold_dirs:  # a trainer folder: pool the folds' validation predictions (the cross-validation)
         pooled: Dict[str, str] = {}
         for fold in fold_dirs:

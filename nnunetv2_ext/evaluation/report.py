@@ -184,6 +184,50 @@ def write_per_case_csv(path: str, results: Mapping[str, EvaluationResult]) -> No
                                      for c in columns])
 
 
+def _cell(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def write_summary_csv(path: str, results: Mapping[str, EvaluationResult], worst_k: int = 5) -> None:
+    """One row per method, label and metric: n, n_undefined, mean, std, min, max, median, worst-fraction mean and
+    the worst cases ("case=value; ...")."""
+    stats_columns = ("n", "n_undefined", "mean", "std", "min", "max", "median", "worst_fraction_mean")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "label", "label_name", "metric", *stats_columns, "worst_cases"])
+        for name, result in results.items():
+            for key, per_metric in result.summary(worst_k=worst_k).items():
+                for metric, stats in per_metric.items():
+                    worst = "; ".join(f"{c}={v:.6g}" for c, v in stats.get("worst_cases", []))
+                    writer.writerow([name, key, result.label(key).name, metric,
+                                     *(_cell(stats.get(c)) for c in stats_columns), worst])
+
+
+def write_paired_differences_csv(path: str, results: Mapping[str, EvaluationResult], baseline: str,
+                                 cases: Sequence[str], metrics: Sequence[str]) -> None:
+    """One row per method (not the baseline), label, metric and case: baseline value, method value, difference
+    (method - baseline) and whether the case improved / got worse / stayed equal; rows sorted by label, metric,
+    method, then from the most improved to the most worsened case."""
+    base = results[baseline]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "label", "metric", "case", "baseline", "value", "diff", "change"])
+        for spec in base.labels:
+            for metric in metrics:
+                a = base.values(metric, spec.key, cases)
+                for name, result in results.items():
+                    if name == baseline:
+                        continue
+                    b = result.values(metric, spec.key, cases)
+                    gain = badness(metric, a) - badness(metric, b)
+                    order = np.argsort(-np.nan_to_num(gain, nan=-np.inf), kind="stable")
+                    for i in order:
+                        change = ("undefined" if np.isnan(gain[i]) else "improved" if gain[i] > 1e-12
+                                  else "worse" if gain[i] < -1e-12 else "equal")
+                        writer.writerow([name, spec.key, metric, cases[i], _cell(float(a[i])), _cell(float(b[i])),
+                                         _cell(float(b[i] - a[i])), change])
+
+
 def _evaluation_json(result: EvaluationResult, worst_k: int) -> Dict:
     return {"ref_folder": result.ref_folder, "pred_folder": result.pred_folder, "settings": result.settings,
             "labels": {s.key: s.name for s in result.labels}, "cases": result.cases, "skipped": result.skipped,
@@ -197,9 +241,11 @@ def write_evaluation_report(result: EvaluationResult, output_folder: str, name: 
     os.makedirs(output_folder, exist_ok=True)
     name = name or os.path.basename(result.pred_folder)
     paths = {"json": os.path.join(output_folder, "summary.json"), "csv": os.path.join(output_folder, "per_case.csv"),
+             "summary_csv": os.path.join(output_folder, "summary.csv"),
              "markdown": os.path.join(output_folder, "summary.md")}
     _write_json(paths["json"], _evaluation_json(result, worst_k))
     write_per_case_csv(paths["csv"], {name: result})
+    write_summary_csv(paths["summary_csv"], {name: result}, worst_k)
     with open(paths["markdown"], "w") as f:
         f.write(_markdown_evaluation(result, name, metrics, worst_k))
     return paths
@@ -277,15 +323,20 @@ def write_comparison_report(results: Mapping[str, EvaluationResult], output_fold
     cases = comparison["cases"]
     paths = {"json": os.path.join(output_folder, "comparison.json"),
              "csv": os.path.join(output_folder, "per_case.csv"),
+             "summary_csv": os.path.join(output_folder, "summary.csv"),
+             "differences_csv": os.path.join(output_folder, "paired_differences.csv"),
              "markdown": os.path.join(output_folder, "comparison.md")}
+    restricted = {n: _restrict(r, cases) for n, r in results.items()}
     _write_json(paths["json"], {"comparison": comparison, "methods": {
         n: {k: v for k, v in _evaluation_json(r, 5).items() if k != "per_case"} for n, r in results.items()}})
     write_per_case_csv(paths["csv"], results)
+    write_summary_csv(paths["summary_csv"], restricted)
+    compared_metrics = list(next(iter(comparison["labels"].values()))["metrics"])
+    write_paired_differences_csv(paths["differences_csv"], results, comparison["baseline"], cases, compared_metrics)
     first = next(iter(results.values()))
     text = [f"# Comparison of {len(results)} methods on {len(cases)} common cases\n"]
     if comparison["cases_not_in_all"]:
         text.append(f"Cases not evaluated for every method (left out): {', '.join(comparison['cases_not_in_all'])}\n")
-    restricted = {n: _restrict(r, cases) for n, r in results.items()}
     text += ["Cells: mean ± std [min, max] over the cases.\n", format_markdown_table(restricted, metrics), ""]
     for spec in first.labels:
         for m in metrics:
@@ -295,7 +346,8 @@ def write_comparison_report(results: Mapping[str, EvaluationResult], output_fold
                          f"Δ = method − {comparison['baseline']} per case ({direction} is better); worst-"
                          f"{comparison['worst_fraction'] * 100:g}% = mean of the worst "
                          f"{math.ceil(comparison['worst_fraction'] * len(cases))} cases; intervals: bootstrap 95 %.\n",
-                         format_comparison_table(comparison, m, spec.key), ""]
+                         format_comparison_table(comparison, m, spec.key), "",
+                         _changed_cases_markdown(comparison["labels"][spec.key]["metrics"][m], m), ""]
         png = os.path.join(output_folder, f"comparison_{spec.name}.png".replace(os.sep, "_"))
         plot_comparison(results, png, [m for m in plot_metrics if m in METRICS], spec.key, cases)
         paths[f"png_{spec.key}"] = png
@@ -303,6 +355,14 @@ def write_comparison_report(results: Mapping[str, EvaluationResult], output_fold
     with open(paths["markdown"], "w") as f:
         f.write("\n".join(text))
     return paths
+
+
+def _changed_cases_markdown(entry: Mapping, metric: str) -> str:
+    """Per method the cases that improved and got worse the most, with the difference."""
+    scale = _scale(metric, True)
+    f = lambda pairs: ", ".join(f"{c} ({d * scale:+.2f})" for c, d in pairs) or "none"
+    return "\n".join(f"- {name}: most improved {f(p['most_improved'])}; most worsened {f(p['most_worsened'])}"
+                     for name, p in entry["vs_baseline"].items())
 
 
 def _restrict(result: EvaluationResult, cases: Sequence[str]) -> EvaluationResult:
