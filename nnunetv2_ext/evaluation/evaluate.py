@@ -102,7 +102,7 @@ def _reference_labels(task) -> Tuple[str, Optional[List[int]], Optional[str]]:
 
 
 def _map(function, tasks: list, num_processes: int, progress: bool, desc: str) -> list:
-    """``function`` over ``tasks``, in ``num_processes`` spawned processes (in this process if 1), with a bar."""
+    """``function`` over ``tasks`` in ``num_processes`` worker processes (in this process if 1), with a bar."""
     bar = dict(total=len(tasks), desc=desc, disable=not progress, unit="case")
     if num_processes <= 1 or len(tasks) <= 1:
         return [function(t) for t in tqdm(tasks, **bar)]
@@ -132,6 +132,8 @@ def _plan(ref_folder: str, pred_folder: str, dataset_json: DatasetJson, labels, 
         raise EvaluationInputError(f"reference folder {ref_folder} does not exist")
     if not nsd_tolerance_mm > 0:
         raise EvaluationInputError(f"nsd_tolerance_mm must be > 0, got {nsd_tolerance_mm}")
+    if isinstance(dataset_json, os.PathLike):
+        dataset_json = os.fspath(dataset_json)
     dataset_json_source = dataset_json if isinstance(dataset_json, str) else None
     if dataset_json is None:
         dataset_json_source = find_dataset_json(pred_folder, ref_folder)

@@ -24,12 +24,18 @@ def _column_title(metric: str, percent: bool, nsd_tolerance_mm: Optional[float] 
     return f"{title} ({unit})" if unit else title
 
 
+def check_metrics(metrics: Sequence[str]) -> None:
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+
+
 def _scale(metric: str, percent: bool) -> float:
     return 100.0 if percent and metric in PERCENT_METRICS else 1.0
 
 
 def format_mean_std_range(stats: Mapping, scale: float = 1.0, decimals: int = 2) -> str:
-    """'mean ± std [min, max]' (the PNSS/HESS paper's format), with '(k undefined)' when cases were NaN."""
+    """'mean ± std [min, max]' (the PNSS/HESS paper's format), with '(k undef.)' when k cases were NaN."""
     if stats["n"] == 0:
         return f"undefined (n={stats['n_undefined']})"
     f = lambda v: f"{v * scale:.{decimals}f}"
@@ -60,6 +66,7 @@ def format_markdown_table(results_by_method: Union[EvaluationResult, Mapping[str
         percent: show DSC, IoU, precision, recall, specificity, NSD as percentages.
         decimals: digits after the decimal point.
     """
+    check_metrics(metrics)
     results = _as_dict(results_by_method)
     first = next(iter(results.values()))
     labels = [first.label(label)] if label is not None else list(first.labels)
@@ -86,6 +93,11 @@ def compare_results(results_by_method: Mapping[str, EvaluationResult], baseline:
     Returns ``{"baseline", "cases", "cases_not_in_all", "worst_fraction", "labels": {label_key: {metric: {
     "methods": {name: describe(...) + bootstrap intervals of the mean and worst-fraction mean},
     "vs_baseline": {name: compare_paired(...)}}}}}``."""
+    check_metrics(metrics)
+    if not 0 < worst_fraction <= 1:
+        raise ValueError(f"worst_fraction must be in (0, 1], got {worst_fraction}")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
     if len(results_by_method) < 2:
         raise ValueError("compare needs at least two methods")
     names = list(results_by_method)
@@ -122,6 +134,10 @@ def format_comparison_table(comparison: Mapping, metric: str = "DSC", label_key:
     cases with bootstrap 95 % intervals, and against the baseline the paired differences, improved/worse counts
     and the Wilcoxon p-value."""
     label_key = label_key or next(iter(comparison["labels"]))
+    if label_key not in comparison["labels"] or metric not in comparison["labels"][label_key]["metrics"]:
+        raise ValueError(f"the comparison has no {metric} for label {label_key} (labels "
+                         f"{list(comparison['labels'])}, metrics "
+                         f"{list(next(iter(comparison['labels'].values()))['metrics'])})")
     entry = comparison["labels"][label_key]["metrics"][metric]
     scale = _scale(metric, percent)
     f = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:.{decimals}f}"
@@ -276,6 +292,7 @@ def plot_comparison(results: Mapping[str, EvaluationResult], path: str, metrics:
                     label=None, cases: Optional[Sequence[str]] = None, n_labelled: int = 3) -> str:
     """PNG: one panel per metric, a box plot per method with every case as a jittered point; the ``n_labelled``
     worst cases of each method are named. NaN (undefined) values are left out and counted in the axis label."""
+    check_metrics(metrics)
     import matplotlib
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
