@@ -50,6 +50,8 @@ setup(
     packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]) + ["nnunetv2_ext.dataset_conversion"],
     package_dir={"nnunetv2_ext.dataset_conversion": "dataset_conversion"},
     include_package_data=True,
+    # a plain folder, not a package: nnU-Net imports the module in it by its bare name
+    package_data={"nnunetv2_ext": ["_nnunet_trainer_path/*.py"]},
     cmdclass=cmdclass,
     install_requires=[
         "nnunetv2>=2.6",

@@ -210,6 +210,11 @@ class PNSSHESSMixin:
         return stream, mt_val
 
     # ------------------------------------------------------------------------------------------------ training
+    def on_train_start(self):
+        super().on_train_start()
+        if self.sampling_trace:
+            self._trace({"phase": "start", "epoch": self.current_epoch})
+
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self._phase = MAIN
@@ -386,3 +391,7 @@ class PNSSHESSMixin:
         if state["hardness"] is not None:
             self.hardness.load_state_dict(state["hardness"])
         self.sampling_records = [r for r in state["records"] if r["epoch"] < self.current_epoch]
+        self.print_to_log_file(f"PNSS/HESS: restored from checkpoint: hardness table with "
+                               f"{int(np.isfinite(self.hardness.dsc).sum())} scored units, "
+                               f"{len(self.sampling_records)} epoch records, continuing at epoch {self.current_epoch} "
+                               f"(r={self.ratio(self.current_epoch):.2f})")

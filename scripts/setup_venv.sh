@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates (once) the virtual environment used by run_tests.sh and run_demo.sh and installs the package into it.
+# Sourced, it leaves VENV set.
+set -euo pipefail
+VENV="${NNUNETV2_EXT_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# The CPU build of torch lies on this machine's disk; installing it first keeps pip from fetching a CUDA build.
+"$VENV/bin/python" -m pip install -q "torch==2.13.0" || "$VENV/bin/python" -m pip install -q torch
+"$VENV/bin/python" -m pip install -q -e ".[test]"
