@@ -35,19 +35,10 @@ from nnunetv2_ext.cascade.losses import CascadeTumorLoss
 from nnunetv2_ext.cascade.modules import CascadeTumorNet, SalientChangeModule, TumourStageNet
 from nnunetv2_ext.cascade.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
                                         CascadeStep, step_boundaries, step_for_epoch)
+from nnunetv2_ext.losses.shared_boundary import InterClassSharedBoundaryLoss
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 __all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorTiny"]
-
-
-def _build_shared_boundary_loss():
-    """The differentiable inter-class shared-boundary loss (Eq. 14-16) of ``nnunetv2_ext.losses`` (issue 5), or
-    None while that package is not installed."""
-    try:
-        from nnunetv2_ext.losses.shared_boundary import SharedBoundaryLoss  # noqa: F401
-    except ImportError:
-        return None
-    return SharedBoundaryLoss()
 
 
 class _LossOnAuxiliary:
@@ -72,6 +63,8 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
     - ``seg2_weight`` (alpha = 0.9), ``shared_boundary_weight`` (beta = 0.4): Eq. 17.
     - ``stage1_ce_weight``: nnU-Net's CE added to stage 1's Dice loss (0 = Dice only, Eq. 10).
     - ``map_kernel_size`` (7): prediction convolutions of stage 2; ``boundary_window`` (15): Eq. 12's window.
+    - ``foreground_oversampling`` (0.5, nnU-Net: 0.33): share of patches centred on organ/tumour; stage 2 only
+      learns from patches that hold the organ.
     """
     crop_margin = 8
     empty_organ_fallback = "no_tumour"
@@ -82,6 +75,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
     stage1_ce_weight = 1.0
     map_kernel_size = 7
     boundary_window = 15
+    foreground_oversampling = 0.5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -89,6 +83,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         check_cascade_labels(self.label_manager, self.plans_manager.dataset_name)
         # the cascade has its own multi-output loss; nnU-Net's deep supervision would only add stage-1 outputs
         self.enable_deep_supervision = False
+        self.oversample_foreground_percent = self.foreground_oversampling
         self.cascade_step: CascadeStep = STEP_J
         self._epoch_terms: List[dict] = []
 
@@ -134,9 +129,6 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         self.print_to_log_file(f"Cascade steps: S epochs [0, {start_i}), I [{start_i}, {start_j}), "
                                f"J [{start_j}, {self.num_epochs}); crop margin K = {self.crop_margin}, "
                                f"empty-organ fallback '{self.empty_organ_fallback}'")
-        if self.cascade_loss.shared_boundary_loss is None:
-            self.print_to_log_file("WARNING: nnunetv2_ext.losses.shared_boundary is not available: the beta * L_isb "
-                                   "term of the cascade loss (Eq. 17) is OFF")
 
     def _check_dataset_content(self) -> None:
         folder = self.preprocessed_dataset_folder
@@ -150,7 +142,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
                                  "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=self.stage1_ce_weight,
                                 weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
         self.cascade_loss = CascadeTumorLoss(stage1, self.seg2_weight, self.shared_boundary_weight,
-                                             _build_shared_boundary_loss(), self.boundary_window)
+                                             InterClassSharedBoundaryLoss(), self.boundary_window)
         return _LossOnAuxiliary(self.cascade_loss, self)
 
     # ---------------------------------------------------------------- steps S / I / J
@@ -223,6 +215,10 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
 
 
 class nnUNetTrainerCascadeTumorTiny(TinyTrainingMixin, nnUNetTrainerCascadeTumor):
-    """The cascade shrunk for CPU tests: 4 epochs = 1 S, 1 I, 2 J."""
-    separate_fraction = 0.25
-    joint_reference_fraction = 0.25
+    """The cascade shrunk for CPU tests: 6 epochs of 25 iterations = 1 S, 2 I, 3 J, mostly organ patches (about 150
+    iterations is what stage 1 needs to find the phantom's organ)."""
+    tiny_num_epochs = 6
+    tiny_iterations_per_epoch = 25
+    separate_fraction = 1 / 6
+    joint_reference_fraction = 2 / 6
+    foreground_oversampling = 0.75
