@@ -29,7 +29,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="augmentation workers (nnUNet_n_proc_DA), both trainers")
     p.add_argument("--iterations", type=int, default=30, help="timed iterations per trainer and repeat")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"))
@@ -87,7 +87,10 @@ def prepare_dataset(args, workdir: str) -> None:
                     "999", "-c", "2d", "-np", "1"], check=True, stdout=subprocess.DEVNULL)
 
 
-def iterations_per_second(trainer_class, args) -> float:
+def iterations_per_second(trainer_class, args) -> tuple:
+    """(iterations/s, batch size) of trainer_class on the benchmark dataset; nnU-Net's console log is silenced."""
+    import contextlib
+
     import torch
 
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -97,8 +100,9 @@ def iterations_per_second(trainer_class, args) -> float:
     with open(os.path.join(folder, "dataset.json")) as f:
         dataset_json = json.load(f)
     plans["continue_training"] = False
-    trainer = trainer_class(plans, "2d", 0, dataset_json, device=torch.device(args.device))
-    trainer.on_train_start()
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        trainer = trainer_class(plans, "2d", 0, dataset_json, device=torch.device(args.device))
+        trainer.on_train_start()
     if getattr(trainer, "structural_loss", None) is not None:
         trainer.structural_loss.set_epoch(trainer.num_epochs - 1, trainer.num_epochs)  # boundary term on (alpha=1)
         assert all(w > 0 for w in trainer.structural_loss.current_weights().values())
@@ -109,8 +113,9 @@ def iterations_per_second(trainer_class, args) -> float:
     for _ in range(args.iterations):
         trainer.train_step(next(trainer.dataloader_train))
     rate = args.iterations / (time.perf_counter() - t0)
-    trainer.on_train_end()
-    return rate
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        trainer.on_train_end()
+    return rate, trainer.batch_size
 
 
 def main(argv=None) -> None:
@@ -132,12 +137,13 @@ def main(argv=None) -> None:
         baseline = type("nnUNetTrainerBenchBaseline", (TinyTrainingMixin, nnUNetTrainer), settings)
         boundary = type("nnUNetTrainerBenchBoundary", (TinyTrainingMixin, nnUNetTrainerBoundary), settings)
         rates = {"nnUNetTrainer": [], "nnUNetTrainerBoundary": []}
-        for _ in range(args.repeats):
-            rates["nnUNetTrainer"].append(iterations_per_second(baseline, args))
-            rates["nnUNetTrainerBoundary"].append(iterations_per_second(boundary, args))
+        for _ in range(args.repeats):  # alternating, so that load changes hit both alike
+            for name, cls in (("nnUNetTrainer", baseline), ("nnUNetTrainerBoundary", boundary)):
+                rate, batch_size = iterations_per_second(cls, args)
+                rates[name].append(rate)
         import numpy as np
         med = {k: float(np.median(v)) for k, v in rates.items()}
-        print(f"training, 2d, batch {args.batch_size}, {args.workers} augmentation workers, device {args.device}, "
+        print(f"training, 2d, patch {args.shape[1]} x {args.shape[2]}, batch {batch_size}, {args.workers} augmentation workers, device {args.device}, "
               f"{args.iterations} iterations x {args.repeats} repeats (median):")
         for k, v in rates.items():
             print(f"  {k:24s} {med[k]:7.2f} it/s   (repeats: {', '.join(f'{x:.2f}' for x in v)})")

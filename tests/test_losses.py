@@ -116,6 +116,20 @@ def test_boundary_loss_disk_matches_analytic_integral_and_is_minimal_at_referenc
     assert values[radius] < values[radius - 6] and values[radius] < values[radius + 6]
 
 
+def test_boundary_loss_sphere_anisotropic_matches_analytic_integral():
+    spacing, shape, centre, radius = (2.0, 1.0, 1.0), (24, 48, 48), (12, 24, 24), 14.0
+    ref = disk(shape, centre, radius, spacing)
+    sdm = as_sdm(ref, [1], spacing)
+    n_voxels = np.prod(shape)
+    for r in (radius - 4, radius + 4):
+        pred = disk(shape, centre, r, spacing)
+        value = BoundaryLoss()(hard_logits(pred, 2), as_target(ref), sdm).item()
+        voxel_volume = np.prod(spacing)
+        # ∫_{|x|<r} (|x| - R) dV in mm^4, per voxel volume and |Ω| voxels
+        analytic = 4 * math.pi * (r ** 4 / 4 - radius * r ** 3 / 3) / voxel_volume / n_voxels
+        assert abs(value - analytic) <= 0.5 * pred.sum() / n_voxels, (r, value, analytic)  # half a voxel
+
+
 def test_boundary_loss_multiclass_is_mean_over_foreground_classes():
     ref = np.zeros((24, 24), np.int64)
     ref[4:12, 4:12], ref[14:20, 6:18] = 1, 2
