@@ -4,7 +4,7 @@
 - 2d: nnUNetTrainerPNSSHESSTiny is killed after two epochs and continued with --c; what was sampled in every phase is
   checked against the schedule and the published hard sets; find_best_configuration, ensembling and predict work;
 - 3d_fullres with region-based labels and an ignore label (nnUNetTrainerPNSSTiny);
-- the real abdominal CT with its pancreas label (nnUNetTrainerHESSTiny);
+- the real abdominal CT with its pancreas label (nnUNetTrainerHESSExactTiny: the paper's scoring pass);
 - bad parameters and data without foreground fail before training.
 """
 import json
@@ -90,13 +90,35 @@ def test_wheel_carries_the_startup_hook(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- 2d
+# A tiny network trained for a few CPU iterations scores every slice 0 or 1, so Eq. 8 finds no hard slice and no mini
+# epoch would run. This trainer, found through the user's own nnUNet_extTrainer folder (which our start-up hook must
+# keep), replaces only the *source* of the scores: after the real update, every 5th selected unit gets DSC 0.6 and the
+# rest 0.9, so the hard set is known. Plan publication, worker sampling, ordering and training are the real ones.
+INJECTED_SCORES_TRAINER = """
+import numpy as np
+from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSTiny
+
+
+class nnUNetTrainerPNSSHESSTinyInjected(nnUNetTrainerPNSSHESSTiny):
+    def _update_hardness(self, epoch, selected):
+        super()._update_hardness(epoch, selected)
+        units = np.flatnonzero(selected)
+        self.hardness.update(units, np.where(np.arange(len(units)) % 5 == 0, 0.6, 0.9), epoch)
+"""
+
+
 @pytest.mark.e2e
 def test_pnsshess_2d_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_dirs, tmp_path):
     from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSTiny as T
+    user_trainers = tmp_path / "user_trainers"
+    user_trainers.mkdir()
+    (user_trainers / "injected.py").write_text(INJECTED_SCORES_TRAINER)
+    name = "nnUNetTrainerPNSSHESSTinyInjected"
     results = nnunet_dirs["nnUNet_results"] / phantom_2d.name
-    fold = results / f"{T.__name__}__nnUNetPlans__2d" / "fold_0"
-    env = dict(os.environ, **TEST_ENV)
-    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", T.__name__, "-device", "cpu", "--npz"]
+    fold = results / f"{name}__nnUNetPlans__2d" / "fold_0"
+    user_env = {"nnUNet_extTrainer": str(user_trainers)}
+    env = dict(os.environ, **TEST_ENV, **user_env)
+    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu", "--npz"]
 
     # 1) train, kill hard once two epochs are on disk
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -117,7 +139,7 @@ def test_pnsshess_2d_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_d
     scored_in_ckpt = int(np.isfinite(ckpt["nnunetv2_ext_sampling"]["hardness"]["dsc"]).sum())
 
     # 2) continue
-    run_cmd(cmd + ["--c"])
+    run_cmd(cmd + ["--c"], env=user_env)
     after = json.load(open(log_file))
     assert [r["epoch"] for r in after] == list(range(T.tiny_num_epochs))
     assert after[:resumed_at] == before[:resumed_at]  # history restored exactly
@@ -133,7 +155,9 @@ def test_pnsshess_2d_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_d
     assert (fold / "sampling_progress.png").stat().st_size > 1000
 
     all_recs, resumed = _trace(fold)
-    _check_trace(resumed, T, resumed_at, T.tiny_num_epochs - 1)
+    n_mini = _check_trace(resumed, T, resumed_at, T.tiny_num_epochs - 1)
+    assert n_mini > 0 and all(r["n_hard"] > 0 for r in after)
+    assert any(r["mini_epoch_iterations"] == 5 for r in after)  # the cap (1.5 x 10 iterations) bites at r = 1
     # independent check of the slabs: every main-phase unit of an r = 0 epoch lies in a positive block
     info = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name /
                           "nnunetv2_ext_slice_info_nnUNetPlans_2d.json"))
@@ -150,12 +174,12 @@ def test_pnsshess_2d_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_d
     # 3) baseline, find_best_configuration (ensembles the two trainers), predict
     run_cmd(["nnUNetv2_train", PHANTOM_ID, "2d", "0", "-tr", "nnUNetTrainerTiny", "-device", "cpu", "--npz"])
     out = run_cmd(["nnUNetv2_find_best_configuration", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainerTiny",
-                   T.__name__, "-f", "0", "-np", "1"])
+                   name, "-f", "0", "-np", "1"], env=user_env)
     assert "ensemble" in out.lower()
     assert list((results / "ensembles").glob("ensemble___*"))
     pred = tmp_path / "pred"
     run_cmd(["nnUNetv2_predict", "-i", phantom_2d / "imagesTs", "-o", pred, "-d", PHANTOM_ID, "-c", "2d", "-f", "0",
-             "-tr", T.__name__, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
+             "-tr", name, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env=user_env)
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == ["case_010.nii.gz", "case_011.nii.gz"]
 
 
@@ -191,7 +215,7 @@ def test_pnss_3d_fullres_regions_and_ignore_label(nnunet_dirs, tmp_path):
 def test_hess_on_real_ct_pancreas(nnunet_dirs, shared_data, tmp_path):
     import SimpleITK as sitk
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-    from nnunetv2_ext.trainers import nnUNetTrainerHESSTiny as T
+    from nnunetv2_ext.trainers import nnUNetTrainerHESSExactTiny as T
     did = 903
     raw = nnunet_dirs["nnUNet_raw"] / "Dataset903_RealCTPancreas"
     for sub in ("imagesTr", "labelsTr"):
@@ -210,6 +234,7 @@ def test_hess_on_real_ct_pancreas(nnunet_dirs, shared_data, tmp_path):
     fold = nnunet_dirs["nnUNet_results"] / raw.name / f"{T.__name__}__nnUNetPlans__2d" / "fold_all"
     log = json.load(open(fold / "sampling_log.json"))
     assert all(r["r"] == 1 and r["n_selected"] == r["n_total"] for r in log)  # HESS alone keeps every slice
+    assert all(r["n_scored"] == r["n_selected"] and r["scoring"] == "exact" for r in log)  # every slice scored
     _, recs = _trace(fold)
     _check_trace(recs, T, 0, T.tiny_num_epochs - 1)
     pred = tmp_path / "pred"

@@ -70,7 +70,8 @@ class nnUNetTrainerHESSTiny(TinyTrainingMixin, nnUNetTrainerHESS):
     sampling_trace = True
 
 
-class nnUNetTrainerPNSSHESSExactTiny(nnUNetTrainerPNSSHESSTiny):
+class nnUNetTrainerHESSExactTiny(nnUNetTrainerHESSTiny):
+    """The paper's scoring: all selected slices scored without augmentation after every epoch."""
     hess_scoring = "exact"
 
 
