@@ -127,7 +127,7 @@ def test_boundary_loss_sphere_anisotropic_matches_analytic_integral():
         voxel_volume = np.prod(spacing)
         # ∫_{|x|<r} (|x| - R) dV in mm^4, per voxel volume and |Ω| voxels
         analytic = 4 * math.pi * (r ** 4 / 4 - radius * r ** 3 / 3) / voxel_volume / n_voxels
-        assert abs(value - analytic) <= 0.5 * pred.sum() / n_voxels, (r, value, analytic)  # half a voxel
+        assert abs(value - analytic) <= 0.5 * pred.sum() / n_voxels, (r, value, analytic)  # 0.5 mm per voxel
 
 
 def test_boundary_loss_multiclass_is_mean_over_foreground_classes():
