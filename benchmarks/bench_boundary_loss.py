@@ -143,8 +143,9 @@ def main(argv=None) -> None:
                 rates[name].append(rate)
         import numpy as np
         med = {k: float(np.median(v)) for k, v in rates.items()}
-        print(f"training, 2d, patch {args.shape[1]} x {args.shape[2]}, batch {batch_size}, {args.workers} augmentation workers, device {args.device}, "
-              f"{args.iterations} iterations x {args.repeats} repeats (median):")
+        print(f"training, 2d, patch {args.shape[1]} x {args.shape[2]}, batch {batch_size}, {args.workers} "
+              f"augmentation workers, device {args.device}, {args.iterations} iterations x {args.repeats} repeats "
+              f"(median):")
         for k, v in rates.items():
             print(f"  {k:24s} {med[k]:7.2f} it/s   (repeats: {', '.join(f'{x:.2f}' for x in v)})")
         print(f"ratio nnUNetTrainerBoundary / nnUNetTrainer iterations/s: "

@@ -1,7 +1,7 @@
 """nnU-Net's region loss plus weighted structural terms, called as ``loss(output, target)`` like nnU-Net's losses."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import nn

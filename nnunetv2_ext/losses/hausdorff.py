@@ -13,7 +13,7 @@ from nnunetv2_ext.losses._common import (check_logits_and_target, check_sdm, lab
 
 
 class HausdorffDTLoss(nn.Module):
-    """L_HD = 1/|Ω| Σ_x Σ_{c≥1} (s_c(x) - g_c(x))² (d_G,c(x)^a + d_S,c(x)^a), averaged over foreground classes (Eq. 8).
+    """L_HD = 1/|Ω| Σ_x mean_{c≥1} (s_c(x) - g_c(x))² (d_G,c(x)^a + d_S,c(x)^a) (Eq. 8).
 
     ``g_c`` is the one-hot reference, ``d_G,c = |φ_c|`` the unsigned distance (mm) to the reference boundary, taken
     from the signed distance maps computed in the augmentation workers, and ``d_S,c`` the same for the current

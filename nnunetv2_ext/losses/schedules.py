@@ -54,7 +54,8 @@ class StepUpWeight:
     def __call__(self, epoch: int, num_epochs: int) -> float:
         _check_epoch(epoch, num_epochs)
         step_epochs = max(1, round(self.step_fraction * num_epochs))
-        return round(min(self.maximum, self.start + self.increment * (epoch // step_epochs)), 12)  # 0.6, not 0.6000000001
+        # rounded: 0.6, not 0.6000000000000001
+        return round(min(self.maximum, self.start + self.increment * (epoch // step_epochs)), 12)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ Combining any of these losses with PNSS/HESS sampling is two lines (mixin first)
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
 
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
