@@ -77,7 +77,7 @@ class nnUNetTrainerHESSExactTiny(nnUNetTrainerHESSTiny):
 
 class DemoTrainingMixin(TinyTrainingMixin):
     """The README demo: calibrated on 2 CPU cores to learn the phantom in a few minutes."""
-    tiny_num_epochs = 8
+    tiny_num_epochs = 12
     tiny_iterations_per_epoch = 40
     tiny_val_iterations_per_epoch = 4
     tiny_batch_size = 12
@@ -90,6 +90,6 @@ class nnUNetTrainerDemo(DemoTrainingMixin, nnUNetTrainer):
 
 
 class nnUNetTrainerPNSSHESSDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
-    """PNSS/HESS in the README demo; L(0.25, 1) so that r reaches 0 at epoch 4 of 8."""
-    pnss_alpha = 0.25
-    pnss_beta = 1
+    """PNSS/HESS in the README demo; L(0.2, 2) so that r reaches 0 at epoch 10 of 12 (the paper's pace, compressed)."""
+    pnss_alpha = 0.2
+    pnss_beta = 2
