@@ -215,10 +215,10 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
 
 
 class nnUNetTrainerCascadeTumorTiny(TinyTrainingMixin, nnUNetTrainerCascadeTumor):
-    """The cascade shrunk for CPU tests: 6 epochs of 25 iterations = 1 S, 2 I, 3 J, mostly organ patches (about 150
-    iterations is what stage 1 needs to find the phantom's organ)."""
-    tiny_num_epochs = 6
+    """The cascade shrunk for CPU tests: 10 epochs of 25 iterations = 1 S, 3 I, 6 J, mostly organ patches (stage 1
+    finds the phantom's organ after about 80 iterations, so J gets boxes from its own prediction)."""
+    tiny_num_epochs = 10
     tiny_iterations_per_epoch = 25
-    separate_fraction = 1 / 6
-    joint_reference_fraction = 2 / 6
+    separate_fraction = 0.1
+    joint_reference_fraction = 0.3
     foreground_oversampling = 0.75
