@@ -255,11 +255,13 @@ def test_bad_parameters_fail_before_training(phantom_2d):
                            ({"hess_outlier_threshold": 1.0}, "hess_outlier_threshold")):
         bad = type("nnUNetTrainerBad", (nnUNetTrainerPNSSHESS,), attrs)
         with pytest.raises(ValueError, match=message):
-            bad(dict(plans), "2d", 0, dataset_json, torch.device("cpu"))
+            bad(dict(plans, continue_training=False), "2d", 0, dataset_json, torch.device("cpu"))
 
 
-def test_dataset_without_foreground_is_refused(nnunet_dirs):
-    """PNSS with r reaching 0 on data without any foreground would train on nothing: refuse before training."""
+def test_fold_without_foreground_is_refused(nnunet_dirs):
+    """PNSS with r reaching 0 on training cases without any foreground would train on nothing: refuse before
+    training. (nnU-Net itself refuses to plan a dataset without any foreground, so the empty cases are one fold's
+    training set, set by splits_final.json.)"""
     import SimpleITK as sitk
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     did = 904
@@ -267,15 +269,20 @@ def test_dataset_without_foreground_is_refused(nnunet_dirs):
     for sub in ("imagesTr", "labelsTr"):
         (raw / sub).mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for i in range(2):
-        sitk.WriteImage(sitk.GetImageFromArray(rng.normal(0, 100, (8, 32, 32)).astype(np.int16)),
+    for i in range(3):
+        lab = np.zeros((8, 32, 32), np.uint8)
+        if i == 0:
+            lab[3:5, 10:20, 10:20] = 1
+        sitk.WriteImage(sitk.GetImageFromArray((rng.normal(0, 100, lab.shape) + 200 * lab).astype(np.int16)),
                         str(raw / "imagesTr" / f"e_{i}_0000.nii.gz"))
-        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 32, 32), np.uint8)), str(raw / "labelsTr" / f"e_{i}.nii.gz"))
-    generate_dataset_json(str(raw), {0: "CT"}, {"background": 0, "organ": 1}, 2, ".nii.gz")
+        sitk.WriteImage(sitk.GetImageFromArray(lab), str(raw / "labelsTr" / f"e_{i}.nii.gz"))
+    generate_dataset_json(str(raw), {0: "CT"}, {"background": 0, "organ": 1}, 3, ".nii.gz")
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "2d", "-np", "1"])
-    p = subprocess.run(["nnUNetv2_train", str(did), "2d", "all", "-tr", "nnUNetTrainerPNSSTiny", "-device", "cpu"],
+    with open(nnunet_dirs["nnUNet_preprocessed"] / raw.name / "splits_final.json", "w") as f:
+        json.dump([{"train": ["e_1", "e_2"], "val": ["e_0"]}], f)
+    p = subprocess.run(["nnUNetv2_train", str(did), "2d", "0", "-tr", "nnUNetTrainerPNSSTiny", "-device", "cpu"],
                        env=dict(os.environ, **TEST_ENV), capture_output=True, text=True, timeout=600)
     assert p.returncode != 0
-    assert "PNSS would select no slice" in p.stderr + p.stdout
-    fold = nnunet_dirs["nnUNet_results"] / raw.name / "nnUNetTrainerPNSSTiny__nnUNetPlans__2d" / "fold_all"
+    assert "PNSS would select no slice" in p.stderr + p.stdout and "fold 0" in p.stderr + p.stdout
+    fold = nnunet_dirs["nnUNet_results"] / raw.name / "nnUNetTrainerPNSSTiny__nnUNetPlans__2d" / "fold_0"
     assert not (fold / "checkpoint_final.pth").exists() and not (fold / "sampling_log.json").exists()
