@@ -26,7 +26,7 @@ def cascade_run(nnunet_dirs, tmp_path_factory):
                                                           dataset_name="CascadePhantom"),
                                 str(nnunet_dirs["nnUNet_raw"]))
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", CASCADE_ID, "-c", "2d", "-np", "1"])
-    train_log = run_cmd(["nnUNetv2_train", CASCADE_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"])
+    train_log = run_cmd(["nnUNetv2_train", CASCADE_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], timeout=1800)
     pred = tmp_path_factory.mktemp("cascade_pred")
     run_cmd(["nnUNetv2_predict", "-i", f"{raw}/imagesTs", "-o", pred, "-d", CASCADE_ID, "-c", "2d", "-f", "0",
              "-tr", TRAINER, "--disable_tta", "-device", "cpu"])
@@ -36,7 +36,7 @@ def cascade_run(nnunet_dirs, tmp_path_factory):
 
 def test_steps_S_I_J_are_logged_per_epoch(cascade_run):
     from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny as T
-    log = next(cascade_run["fold"].glob("training_log_*.txt")).read_text()
+    log = sorted(cascade_run["fold"].glob("training_log_*.txt"))[0].read_text()
     steps = re.findall(r"Cascade step ([SIJ]):", log)
     assert steps == ["S"] + ["I"] * 3 + ["J"] * 6 and len(steps) == T.tiny_num_epochs
     assert "Cascade steps: S epochs [0, 1), I [1, 4), J [4, 10)" in log
@@ -75,19 +75,19 @@ def test_resume_restores_the_step(cascade_run, tmp_path):
     fold = cascade_run["fold"]
     plans, dataset_json = load_json(fold.parent / "plans.json"), load_json(fold.parent / "dataset.json")
     plans["continue_training"] = True  # nnUNetv2_train sets this (2.8) before creating the trainer
-    first = T(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    first = T(plans, "2d", 1, dataset_json, torch.device("cpu"))  # fold 1: logs stay out of fold_0
     first.initialize()
     first.current_epoch = 0
     assert first.apply_cascade_step().name == "S" and not bool(first.cascade_network.prior_enabled)
     first.save_checkpoint(str(tmp_path / "checkpoint_latest.pth"))  # as at the end of epoch 0
     plans["continue_training"] = True
-    resumed = T(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    resumed = T(plans, "2d", 1, dataset_json, torch.device("cpu"))  # fold 1: logs stay out of fold_0
     resumed.initialize()
     resumed.load_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
     assert resumed.current_epoch == 1 and not bool(resumed.cascade_network.prior_enabled)  # weights as saved
     assert resumed.apply_cascade_step().name == "I" and bool(resumed.cascade_network.prior_enabled)
-    resumed.current_epoch = 3
-    assert resumed.apply_cascade_step().name == "J"
+    resumed.current_epoch = 4  # S [0, 1), I [1, 4), J [4, 10)
+    assert resumed.apply_cascade_step().name == "J" and bool(resumed.cascade_network.prior_enabled)
 
 
 def test_bad_dataset_fails_before_training(cascade_run, tmp_path):
@@ -98,7 +98,7 @@ def test_bad_dataset_fails_before_training(cascade_run, tmp_path):
     plans["continue_training"] = False
     no_tumour = dict(dataset_json, labels={"background": 0, "organ": 1})
     with pytest.raises(ValueError, match="needs labels"):
-        T(dict(plans), "2d", 0, no_tumour, torch.device("cpu"))
+        T(dict(plans), "2d", 1, no_tumour, torch.device("cpu"))
     regions = dict(dataset_json, labels={"background": 0, "whole": [1, 2], "tumour": 2}, regions_class_order=[1, 2])
     with pytest.raises(ValueError, match="region"):
-        T(dict(plans), "2d", 0, regions, torch.device("cpu"))
+        T(dict(plans), "2d", 1, regions, torch.device("cpu"))
