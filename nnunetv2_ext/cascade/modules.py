@@ -16,7 +16,7 @@ plans' norm and non-linearity, so they follow whatever the plans chose. Tensors 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Type
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,14 +27,6 @@ from torch import nn
 from nnunetv2_ext.cascade.crop import Box, bounding_box, crop_with_padding, expand_box, paste_crop, whole_box
 
 EMPTY_ORGAN_FALLBACKS = ("no_tumour", "whole_patch")
-
-
-def _spatial_dims(conv_op: Type[nn.Module]) -> int:
-    if issubclass(conv_op, nn.Conv3d):
-        return 3
-    if issubclass(conv_op, nn.Conv2d):
-        return 2
-    raise ValueError(f"conv_op must be nn.Conv2d or nn.Conv3d, got {conv_op}")
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
