@@ -95,12 +95,13 @@ def bench_loader(pre, workers, n, repeats=3):
     return statistics.median(a), statistics.median(b)
 
 
-def bench_train_step(pre, steps=30, repeats=5):
+def bench_train_step(pre, steps=20, repeats=6):
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+    from nnunetv2_ext.sampling.hess import per_sample_dice
     from nnunetv2_ext.sampling.trainer_mixin import DiceRecordingLoss
     from nnunetv2_ext.trainers.tiny import shrink_features
 
@@ -124,28 +125,30 @@ def bench_train_step(pre, steps=30, repeats=5):
         shapes = [o.shape[2:] for o in net(x)]
     t = [(torch.rand(12, 1, *s) > 0.9).float() for s in shapes]
 
-    def run(record: bool) -> float:
+    # CPU time of this process (one torch thread): other jobs on a shared machine barely change it
+    def step(record: bool) -> float:
         recorder.record = record
-        kept = []
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            out = net(x)
-            loss = recorder(out, t)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
-            opt.step()
-            if record:
-                kept.append(recorder.last_sample_dsc)
+        t0 = time.process_time()
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        loss = recorder(out, t)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+        opt.step()
         if record:
-            torch.cat(kept).cpu()  # the trainer's single sync per epoch
-        return (time.perf_counter() - t0) / steps
+            recorder.last_sample_dsc.cpu()  # worst case: a sync every step (the trainer syncs once per epoch)
+        return time.process_time() - t0
 
-    run(False)
+    step(False)
+    # alternate on/off every step so that load changes on a shared machine hit both equally
     off, on = [], []
-    for _ in range(repeats):
-        off.append(run(False))
-        on.append(run(True))
+    for i in range(steps * repeats):
+        (on if i % 2 else off).append(step(bool(i % 2)))
+    out = net(x)
+    t0 = time.process_time()
+    for _ in range(steps):
+        per_sample_dice(out[0].detach(), t[0], lm.has_regions, lm.ignore_label)
+    dsc_alone = (time.process_time() - t0) / steps
     # exact mode: a no-augmentation forward pass per batch of selected slices
     net.eval()
     with torch.no_grad():
@@ -153,7 +156,7 @@ def bench_train_step(pre, steps=30, repeats=5):
         for _ in range(steps):
             net(x)
         fwd = (time.perf_counter() - t0) / steps
-    return statistics.median(off), statistics.median(on), fwd
+    return statistics.median(off), statistics.median(on), fwd, dsc_alone
 
 
 def main():
@@ -161,14 +164,16 @@ def main():
     p.add_argument("--work-dir", default="/tmp/bench_pnss_hess")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batches", type=int, default=60)
+    p.add_argument("--skip-loader", action="store_true")
     a = p.parse_args()
     pre = prepare(a.work_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"workers={a.workers}, phantom 20 cases 40x64x64, 2d, batch 12")
-    plain_bps, ours_bps = bench_loader(pre, a.workers, a.batches)
+    plain_bps, ours_bps = (1.0, 1.0) if a.skip_loader else bench_loader(pre, a.workers, a.batches)
     print(f"loader: nnU-Net {plain_bps:.2f} batches/s, PNSS/HESS {ours_bps:.2f} batches/s")
-    off, on, fwd = bench_train_step(pre)
-    print(f"train step: {off * 1000:.1f} ms without, {on * 1000:.1f} ms with hardness tracking")
+    off, on, fwd, dsc_alone = bench_train_step(pre)
+    print(f"train step: {off * 1000:.1f} ms without, {on * 1000:.1f} ms with hardness tracking (median of "
+          f"alternating steps); per-sample DSC alone {dsc_alone * 1000:.2f} ms = {100 * dsc_alone / off:.2f} % of a step")
     n_selected, iters = 20 * 40 * 0.6, 250  # r = 0.6 on this phantom; nnU-Net's 250 iterations per epoch
     exact = n_selected / 12 * fwd / (iters * off)
     print(f"exact scoring pass (every epoch, {n_selected:.0f} selected slices, forward {fwd * 1000:.1f} ms/batch): "
