@@ -17,7 +17,9 @@ nnUNetTrainerCascadeTumorTiny) into ``WORK/trainers`` and adds that folder to ``
 The per-case table and the summary are printed and written to ``WORK/cascade_evidence.md`` / ``.json``.
 
 This is a smoke-level comparison on a synthetic phantom with a tiny budget: it shows that both pipelines run end to
-end and how far each gets, not the paper's margin on MSD Task07.
+end and how far each gets, not the paper's margin on MSD Task07. Last run (``--num-cases 10 --num-test 4``, defaults
+otherwise): tumour Dice per test case nnU-Net 0 / 0 / 0 / 0 %, cascade 33.8 / 67.9 / 50.7 / 0 % (mean sensitivity
+0 vs 60.2 %, specificity 100 vs 99.96 %); see trainers_docs/nnUNetTrainerCascadeTumor.md.
 """
 from __future__ import annotations
 
