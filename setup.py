@@ -64,7 +64,7 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "setuptools>=70.1"]},  # setuptools: wheel test
     entry_points={
         "console_scripts": [
             "nnunetv2_ext_phantom=nnunetv2_ext.phantom:main",

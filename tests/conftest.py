@@ -28,15 +28,23 @@ def shared_data():
 
 
 def run_cmd(args, timeout=900, env=None, cwd=None):
-    """Runs an nnU-Net / nnunetv2_ext command; on failure the assertion shows the end of its output."""
+    """Runs an nnU-Net / nnunetv2_ext command; on failure the assertion shows the end of its output. On a timeout the
+    whole process group goes (nnU-Net's augmentation workers included)."""
+    import signal
     import subprocess
     full_env = dict(os.environ)
     full_env.update(TEST_ENV)
     full_env.update(env or {})
-    p = subprocess.run([str(a) for a in args], env=full_env, cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout)
-    assert p.returncode == 0, f"{' '.join(map(str, args))} failed ({p.returncode}):\n{(p.stdout + p.stderr)[-6000:]}"
-    return p.stdout + p.stderr
+    p = subprocess.Popen([str(a) for a in args], env=full_env, cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        raise AssertionError(f"{' '.join(map(str, args))} timed out after {timeout} s:\n{out[-6000:]}")
+    assert p.returncode == 0, f"{' '.join(map(str, args))} failed ({p.returncode}):\n{out[-6000:]}"
+    return out
 
 
 # Augmentation workers ON, as in real training; nnU-Net's export pool small (CI has 2 cores).

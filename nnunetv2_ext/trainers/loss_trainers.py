@@ -179,19 +179,10 @@ class nnUNetTrainerPNSSHESS_MLL(PNSSHESSMixin, nnUNetTrainerMLL):
 
 
 class _TinyLossSettings:
-    """Tiny runs: 2 epochs x 5 iterations; every term is on from epoch 1, so the tests exercise it.
-
-    They also honour ``OMP_NUM_THREADS`` for torch in the main process: ``nnUNetv2_train -device cpu`` sets
-    ``torch.set_num_threads(cpu_count)``, and on a shared CPU with busy augmentation workers that made the final
-    validation's forward passes ~8x slower (107 s vs 13 s measured on the 2-core CI-like machine)."""
+    """Tiny runs: 2 epochs x 5 iterations; every term is on from epoch 1, so the tests exercise it."""
     tiny_num_epochs = 2
     tiny_iterations_per_epoch = 5
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if os.environ.get("OMP_NUM_THREADS", "").isdigit() and self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
     boundary_weight = StepUpWeight(increment=0.5, step_fraction=0.5)
     hausdorff_weight = StepUpWeight(increment=0.5, step_fraction=0.5)
     pixelwise_weight = SwitchWeight(switch_fraction=0.5)
