@@ -4,6 +4,7 @@ One session-scoped run on the lesion phantom (8 training + 2 test cases, 24x48x4
 nnUNetv2_train with nnUNetTrainerCascadeTumorTiny (steps S, I, J), end-of-training validation, nnUNetv2_predict.
 """
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -22,9 +23,9 @@ TRAINER = "nnUNetTrainerCascadeTumorTiny"
 @pytest.fixture(scope="module")
 def cascade_run(nnunet_dirs, tmp_path_factory):
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-    raw = write_phantom_dataset(CASCADE_ID, PhantomConfig(num_cases=8, num_test=2, shape=(24, 48, 48), lesions=True,
+    raw = pathlib.Path(write_phantom_dataset(CASCADE_ID, PhantomConfig(num_cases=8, num_test=2, shape=(24, 48, 48), lesions=True,
                                                           dataset_name="CascadePhantom"),
-                                str(nnunet_dirs["nnUNet_raw"]))
+                                str(nnunet_dirs["nnUNet_raw"])))
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", CASCADE_ID, "-c", "2d", "-np", "1"])
     train_log = run_cmd(["nnUNetv2_train", CASCADE_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], timeout=1800)
     pred = tmp_path_factory.mktemp("cascade_pred")
