@@ -27,7 +27,7 @@ TRAINERS = ("nnUNetTrainerDemo", "nnUNetTrainerPNSSHESSDemo")
 
 
 def _run(args, env, log_path):
-    with open(log_path, "a") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(map(str, args))}\n")
         log.flush()
         p = subprocess.run([str(a) for a in args], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -43,6 +43,8 @@ def main(argv=None) -> None:
     p.add_argument("--work-dir", default="demo_output", help="folder for nnUNet_raw/preprocessed/results (replaced)")
     p.add_argument("--processes", type=int, default=2, help="augmentation workers (nnUNet_n_proc_DA)")
     a = p.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # the table has '±': never crash on an ASCII-only locale
+        sys.stdout.reconfigure(errors="backslashreplace")
 
     work = os.path.abspath(a.work_dir)
     shutil.rmtree(work, ignore_errors=True)

@@ -200,7 +200,7 @@ def write_phantom_dataset(dataset_id: int, cfg: PhantomConfig, raw_folder: Optio
     kwargs = {"regions_class_order": order} if order else {}
     generate_dataset_json(tmp, {0: "CT"}, labels, cfg.num_cases, ".nii.gz", dataset_name=cfg.dataset_name,
                           description="nnunetv2_ext synthetic CT phantom (deterministic)", **kwargs)
-    with open(os.path.join(tmp, "phantom_cases.json"), "w") as f:
+    with open(os.path.join(tmp, "phantom_cases.json"), "w", encoding="utf-8") as f:
         json.dump({"config": asdict(cfg), "cases": infos}, f, indent=1)
     os.rename(tmp, out)
     return out

@@ -59,7 +59,7 @@ PLAIN, CASCADE = "nnUNetTrainerEvidencePlain", "nnUNetTrainerEvidenceCascade"
 def run(cmd, env, log_path):
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
-    with open(log_path, "a") as log:
+    with open(log_path, "a", encoding="utf-8") as log:
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log_path}")
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
         os.makedirs(env[k], exist_ok=True)
     trainers = os.path.join(work, "trainers")
     os.makedirs(trainers, exist_ok=True)
-    with open(os.path.join(trainers, "evidence_trainers.py"), "w") as f:
+    with open(os.path.join(trainers, "evidence_trainers.py"), "w", encoding="utf-8") as f:
         f.write(TRAINERS_TEMPLATE.format(epochs=a.epochs, iterations=a.iterations, batch_size=a.batch_size,
                                          oversampling=a.oversampling))
     env["nnUNet_extTrainer"] = os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER])
@@ -138,9 +138,9 @@ def main(argv=None) -> None:
         "Tumour summary:", "", format_markdown_table(results, metrics=metrics, label=2), "",
         "Organ (label 1) summary:", "", format_markdown_table(results, metrics=metrics, label=1), ""])
     print(report)
-    with open(os.path.join(work, "cascade_evidence.md"), "w") as f:
+    with open(os.path.join(work, "cascade_evidence.md"), "w", encoding="utf-8") as f:
         f.write(report)
-    with open(os.path.join(work, "cascade_evidence.json"), "w") as f:
+    with open(os.path.join(work, "cascade_evidence.json"), "w", encoding="utf-8") as f:
         json.dump({"settings": vars(a), "tumour_per_case": per_case}, f, indent=1)
 
 

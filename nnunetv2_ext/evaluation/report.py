@@ -179,7 +179,7 @@ def _json_ready(obj):
 
 
 def _write_json(path: str, content) -> None:
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(_json_ready(content), f, indent=2)
 
 
@@ -188,7 +188,7 @@ def write_per_case_csv(path: str, results: Mapping[str, EvaluationResult]) -> No
     first = next(iter(results.values()))
     some_case = first.per_case[first.cases[0]]
     columns = list(next(iter(some_case.values())))
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "case", "label", "label_name"] + columns)
         for name, result in results.items():
@@ -208,7 +208,7 @@ def write_summary_csv(path: str, results: Mapping[str, EvaluationResult], worst_
     """One row per method, label and metric: n, n_undefined, mean, std, min, max, median, worst-fraction mean and
     the worst cases ("case=value; ...")."""
     stats_columns = ("n", "n_undefined", "mean", "std", "min", "max", "median", "worst_fraction_mean")
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "label", "label_name", "metric", *stats_columns, "worst_cases"])
         for name, result in results.items():
@@ -225,7 +225,7 @@ def write_paired_differences_csv(path: str, results: Mapping[str, EvaluationResu
     (method - baseline) and whether the case improved / got worse / stayed equal; rows sorted by label, metric,
     method, then from the most improved to the most worsened case."""
     base = results[baseline]
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "label", "metric", "case", "baseline", "value", "diff", "change"])
         for spec in base.labels:
@@ -262,7 +262,7 @@ def write_evaluation_report(result: EvaluationResult, output_folder: str, name: 
     _write_json(paths["json"], _evaluation_json(result, worst_k))
     write_per_case_csv(paths["csv"], {name: result})
     write_summary_csv(paths["summary_csv"], {name: result}, worst_k)
-    with open(paths["markdown"], "w") as f:
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(_markdown_evaluation(result, name, metrics, worst_k))
     return paths
 
@@ -369,7 +369,7 @@ def write_comparison_report(results: Mapping[str, EvaluationResult], output_fold
         plot_comparison(results, png, [m for m in plot_metrics if m in METRICS], spec.key, cases)
         paths[f"png_{spec.key}"] = png
         text.append(f"![per-case values, label {spec.name}]({os.path.basename(png)})\n")
-    with open(paths["markdown"], "w") as f:
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write("\n".join(text))
     return paths
 

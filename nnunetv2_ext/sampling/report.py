@@ -34,7 +34,7 @@ def log_line(rec: dict) -> str:
 
 def write_sampling_log(records: List[dict], output_folder: str) -> None:
     tmp = os.path.join(output_folder, "sampling_log.json.tmp")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(records, f, indent=1)
     os.replace(tmp, os.path.join(output_folder, "sampling_log.json"))
 

@@ -123,7 +123,7 @@ def build_slice_table(dataset, identifiers: Sequence[str], folder: str, ignore_l
         k.append(entry["k"])
     if changed:
         tmp = cache_file + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(cache, f)
         os.replace(tmp, cache_file)  # atomic: concurrent trainings never read half a file
         log(f"PNSS/HESS: positive slices of {len(identifiers)} training cases computed and cached in {cache_file}")

@@ -350,7 +350,7 @@ class PNSSHESSMixin:
 
     def _trace(self, record: dict) -> None:
         if self.local_rank == 0:
-            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a") as f:
+            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     # ------------------------------------------------------------------------------------------------ checkpoints
