@@ -12,3 +12,5 @@ fi
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 # nnU-Net's commands (nnUNetv2_train, ...) are run as subprocesses by the tests and the demo
 export PATH="$(cd "$VENV/bin" && pwd):$PATH"
+# UTF-8 whatever the locale (CI's may be ASCII): nnU-Net's progress bars and our '±' tables are not ASCII
+export PYTHONUTF8=1
