@@ -8,7 +8,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # The CPU build of torch lies on this machine's disk; installing it first keeps pip from fetching a CUDA build.
-"$VENV/bin/python" -m pip install -q "torch==2.13.0" || "$VENV/bin/python" -m pip install -q torch
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
+  || "$VENV/bin/python" -m pip install -q torch
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 # nnU-Net's commands (nnUNetv2_train, ...) are run as subprocesses by the tests and the demo
 export PATH="$(cd "$VENV/bin" && pwd):$PATH"
