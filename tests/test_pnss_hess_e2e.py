@@ -154,7 +154,7 @@ def test_pnsshess_2d_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_d
     assert "PNSS/HESS: r=0.00, selected slices" in train_log
     assert (fold / "sampling_progress.png").stat().st_size > 1000
 
-    all_recs, resumed = _trace(fold)
+    _, resumed = _trace(fold)
     n_mini = _check_trace(resumed, T, resumed_at, T.tiny_num_epochs - 1)
     assert n_mini > 0 and all(r["n_hard"] > 0 for r in after)
     assert any(r["mini_epoch_iterations"] == 5 for r in after)  # the cap (1.5 x 10 iterations) bites at r = 1
