@@ -41,6 +41,20 @@ try:  # editable installs (pip install -e .) build their wheel elsewhere: put th
 except ImportError:  # old setuptools: editable installs then need the documented fallback
     pass
 
+
+
+def with_nnunet_style_names(scripts):
+    """Adds ``nnUNetv2_ext_X`` (nnU-Net's spelling: nnUNetv2_train, ...) for every ``nnunetv2_ext_X`` script; both
+    names run the same function."""
+    names = {s.split("=")[0].strip() for s in scripts}
+    extra = []
+    for script in scripts:
+        name, target = (part.strip() for part in script.split("=", 1))
+        if name.startswith("nnunetv2_ext_") and "nnUNetv2_ext_" + name[len("nnunetv2_ext_"):] not in names:
+            extra.append(f"nnUNetv2_ext_{name[len('nnunetv2_ext_'):]}={target}")
+    return extra + list(scripts)
+
+
 setup(
     name="nnunetv2_ext",
     version="0.1.0",
@@ -54,19 +68,31 @@ setup(
     package_data={"nnunetv2_ext": ["_nnunet_trainer_path/*.py"]},
     cmdclass=cmdclass,
     install_requires=[
-        "nnunetv2>=2.6",
+        # upper bound = the newest nnU-Net tested: the PNSS/HESS loader overrides nnUNetDataLoader internals
+        # (tests/test_packaging.py pins what it relies on); raise it after running the suite on a newer release
+        "nnunetv2>=2.6,<=2.8.1",
         "torch>=2.1",
         "numpy",
-        "scipy",
+        "scipy>=1.15",  # scipy.stats.bootstrap(rng=...) (evaluation/summary.py)
         "SimpleITK",
         "edt>=2.3",
-        "pydicom>=2.3",
         "matplotlib",
         "tqdm",
+        # imported directly (nnU-Net depends on them too)
+        "batchgenerators>=0.25",
+        "batchgeneratorsv2>=0.3",
+        "acvl_utils>=0.2",
+        "dynamic_network_architectures>=0.3",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "setuptools>=70.1"]},  # setuptools: wheel test
+    extras_require={"test": [
+        "pytest", "pytest-timeout",
+        "setuptools>=70.1",  # the wheel test builds without isolation
+        # independent references of the evaluation metrics (tests only)
+        "monai>=1.4", "surface-distance>=0.1", "medpy>=0.5",
+    ]},
     entry_points={
-        "console_scripts": [
+        # every command under its nnU-Net style name (nnUNetv2_ext_*) and its lower-case alias (nnunetv2_ext_*)
+        "console_scripts": with_nnunet_style_names([
             "nnunetv2_ext_phantom=nnunetv2_ext.phantom:main",
             "nnunetv2_ext_demo=nnunetv2_ext.demo:main",
             "nnunetv2_ext_trainer_path=nnunetv2_ext._register_trainers:main",
@@ -76,6 +102,6 @@ setup(
             "nnunetv2_ext_convert_lits=nnunetv2_ext.dataset_conversion.lits:main",
             "nnunetv2_ext_convert_msd=nnunetv2_ext.dataset_conversion.msd:main",
             "nnunetv2_ext_convert_flare22=nnunetv2_ext.dataset_conversion.flare22:main",
-        ]
+        ])
     },
 )

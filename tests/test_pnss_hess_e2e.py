@@ -1,6 +1,5 @@
 """PNSS/HESS end to end through nnU-Net's own commands, with 2 augmentation workers.
 
-- trainers are found by name from the installed package (also from a built wheel);
 - 2d: nnUNetTrainerPNSSHESSTiny is killed after two epochs and continued with --c; what was sampled in every phase is
   checked against the schedule and the published hard sets; find_best_configuration, ensembling and predict work;
 - 3d_fullres with region-based labels and an ignore label (nnUNetTrainerPNSSTiny);
@@ -13,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -59,34 +57,6 @@ def _check_trace(records, trainer_cls, first_epoch, last_epoch):
         else:
             assert not mini and not hard
     return n_mini_total
-
-
-# ------------------------------------------------------------------------------------------------- discovery
-def test_trainers_found_by_name_without_setting_anything(tmp_path):
-    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
-            "import nnunetv2_ext.trainers as t\n"
-            "for n in ('nnUNetTrainerPNSS', 'nnUNetTrainerHESS', 'nnUNetTrainerPNSSHESS', "
-            "'nnUNetTrainerPNSSHESS_a01_b9'):\n"
-            "    assert f(n) is getattr(t, n), n\n"
-            "import os; print(os.environ['nnUNet_extTrainer'])")
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    # a folder the user set keeps its place, ours is appended
-    env["nnUNet_extTrainer"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1].split(os.pathsep)[0] == str(tmp_path)
-
-
-def test_wheel_carries_the_startup_hook(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True)
-    wheel = next(tmp_path.glob("nnunetv2_ext-*.whl"))
-    with zipfile.ZipFile(wheel) as z:
-        assert z.read("nnunetv2_ext-trainers.pth").decode().strip() == "import nnunetv2_ext._register_trainers"
-        assert "nnunetv2_ext/_nnunet_trainer_path/nnunetv2_ext_trainers.py" in z.namelist()
-        assert "nnunetv2_ext/dataset_conversion/__init__.py" in z.namelist()
 
 
 # ------------------------------------------------------------------------------------------------- 2d
