@@ -60,6 +60,7 @@ setup(
     version="0.1.0",
     description="Small-organ extensions for nnU-Net v2: PNSS/HESS sampling, boundary losses, cascade tumour "
                 "variant, converters and worst-case evaluation",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]) + ["nnunetv2_ext.dataset_conversion"],
     package_dir={"nnunetv2_ext.dataset_conversion": "dataset_conversion"},
