@@ -81,7 +81,10 @@ def test_evaluate_folders_matches_per_mask_metrics(folders):
     assert summary["2"]["HD95"]["n_undefined"] == 1 and summary["2"]["HD95"]["undefined_cases"] == ["case_2"]
     assert summary["2"]["DSC"]["worst_cases"][0] == ["case_2", 0.0]
     table = format_markdown_table({"bad": result}, metrics=("DSC", "HD95"))
-    assert "| bad | organ | 4 |" in table and "(1 undef.)" in table
+    assert "| bad | organ | 4 |" in table and "(1 missed)" in table
+    # the missed lesion heads the HD95 worst cases although its HD95 is undefined
+    assert summary["2"]["HD95"]["missed_cases"] == ["case_2"] and summary["2"]["HD95"]["worst_cases"][0] == ["case_2",
+                                                                                                           None]
 
 
 def test_regions_ignore_label_and_inferred_labels(folders, tmp_path):
@@ -246,7 +249,7 @@ def test_pancreas_predictions_subset(shared_data, tmp_path):
     out = tmp_path / "report"
     methods = [str(folders[f"predictions/{m}"]) for m in ("DiceCE", "DiceHD", "WCE")]
     assert compare_main([str(folders["ground_truth"]), *methods, "--names", "DiceCE", "DiceHD", "WCE", "-o", str(out),
-                         "-np", "2", "--no-progress", "--n-bootstrap", "200"]) == 0
+                         "-np", "2", "--no-progress", "--n-bootstrap", "200", "--nsd-method", "voxel"]) == 0
     report = json.loads((out / "comparison.json").read_text())["comparison"]["labels"]["1"]["metrics"]
     wce, dice_ce = report["DSC"]["methods"]["WCE"], report["DSC"]["methods"]["DiceCE"]
     assert wce["mean"] < dice_ce["mean"] - 0.2  # WCE is the clearly worst loss (data README: mean DSC 0.48)

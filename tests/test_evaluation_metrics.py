@@ -41,11 +41,11 @@ def test_parallel_plates_distance_is_shift_times_spacing(axis, shift):
     ref = _box((20, 20, 20), lo, hi)
     pred = np.roll(ref, shift, axis=axis)
     distance = shift * spacing[axis]
-    m = mask_metrics(ref, pred, spacing, nsd_tolerance_mm=distance + 1e-3)
+    m = mask_metrics(ref, pred, spacing, nsd_tolerance_mm=distance + 1e-3, nsd_method="voxel")
     assert m["DSC"] == 0.0
     assert m["HD95"] == pytest.approx(distance) and m["ASSD"] == pytest.approx(distance)
     assert m["NSD"] == pytest.approx(1.0)
-    assert mask_metrics(ref, pred, spacing, nsd_tolerance_mm=distance - 1e-3)["NSD"] == 0.0
+    assert mask_metrics(ref, pred, spacing, nsd_tolerance_mm=distance - 1e-3, nsd_method="voxel")["NSD"] == 0.0
 
 
 def test_box_inside_grown_box_surface_distances_by_hand():
@@ -55,7 +55,7 @@ def test_box_inside_grown_box_surface_distances_by_hand():
     s = 1.5
     ref = _box((20, 20, 20), (5, 5, 5), (15, 15, 15))
     pred = _box((20, 20, 20), (4, 4, 4), (16, 16, 16))
-    m = mask_metrics(ref, pred, (s, s, s), nsd_tolerance_mm=2.0)
+    m = mask_metrics(ref, pred, (s, s, s), nsd_tolerance_mm=2.0, nsd_method="voxel")
     assert surface_voxels(ref).sum() == 488 and surface_voxels(pred).sum() == 728
     # directed 95th percentiles: 1.5 (ref->pred); pred->ref: sorted index 0.95*727 = 690.65 lies among the edges
     assert m["HD95"] == pytest.approx(s * math.sqrt(2))
@@ -125,7 +125,7 @@ def test_matches_simpleitk_reference_3d(seed):
                               int(rng.integers(0, 3)))
     spacing = tuple(rng.uniform(0.5, 3.0, 3))
     tolerance = float(rng.uniform(0.5, 3.0))
-    ours, reference = mask_metrics(ref, pred, spacing, nsd_tolerance_mm=tolerance), \
+    ours, reference = mask_metrics(ref, pred, spacing, nsd_tolerance_mm=tolerance, nsd_method="voxel"), \
         reference_metrics(ref, pred, spacing, tolerance)
     for k, v in reference.items():
         assert ours[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
@@ -136,7 +136,7 @@ def test_matches_simpleitk_reference_3d(seed):
 def test_matches_simpleitk_reference_2d():
     rng = np.random.default_rng(7)
     ref, pred = _smooth_blobs(rng, (60, 50), 0.8, 0.75)
-    ours, reference = mask_metrics(ref, pred, (0.6, 1.4)), reference_metrics(ref, pred, (0.6, 1.4))
+    ours, reference = mask_metrics(ref, pred, (0.6, 1.4), nsd_method="voxel"), reference_metrics(ref, pred, (0.6, 1.4))
     for k, v in reference.items():
         assert ours[k] == pytest.approx(v, rel=1e-5, abs=1e-5), k
 

@@ -7,7 +7,7 @@
 import multiprocessing
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, load_json
@@ -19,10 +19,16 @@ from nnunetv2_ext.evaluation.io import (EvaluationInputError, LabelOrRegion, Lab
                                         files_by_case, find_dataset_json, guess_file_ending,
                                         label_setup_from_dataset_json, label_values, method_name_for_folder,
                                         prediction_files, read_case, read_segmentation, reader_class)
-from nnunetv2_ext.evaluation.metrics import DEFAULT_NSD_TOLERANCE_MM, METRICS, mask_metrics
+from nnunetv2_ext.evaluation.metrics import (DEFAULT_HD95_METHOD, DEFAULT_NSD_METHOD, DEFAULT_NSD_TOLERANCE_MM,
+                                             DISTANCE_METRICS, METRICS, HDPenalty, check_metric_options,
+                                             mask_metrics)
+from nnunetv2_ext.evaluation.presets import label_options
 from nnunetv2_ext.evaluation.summary import DEFAULT_WORST_FRACTION, describe
+from nnunetv2_ext.evaluation.versions import software_versions
 
 DatasetJson = Union[None, str, dict]
+#: one tolerance for every label, or {label name / value / key: tolerance in mm}
+Tolerance = Union[float, Mapping[Union[str, int], float]]
 
 
 @dataclass
@@ -56,11 +62,27 @@ class EvaluationResult:
         return np.array([self.per_case[c][key][metric] for c in (self.cases if cases is None else cases)],
                         dtype=float)
 
+    def missed(self, label: Union[None, str, LabelOrRegion] = None,
+               cases: Optional[Sequence[str]] = None) -> np.ndarray:
+        """True per case where the structure was missed: non-empty reference, empty prediction."""
+        key = self.label(label).key
+        counts = [self.per_case[c][key] for c in (self.cases if cases is None else cases)]
+        return np.array([m["TP"] + m["FN"] > 0 and m["TP"] + m["FP"] == 0 for m in counts], dtype=bool)
+
+    def describe(self, metric: str, label: Union[None, str, LabelOrRegion] = None,
+                 cases: Optional[Sequence[str]] = None, worst_k: int = 5,
+                 worst_fraction: float = DEFAULT_WORST_FRACTION) -> Dict:
+        """``summary.describe`` of one metric and label; for HD95/ASSD the missed structures are passed along, so
+        that they are counted and head the worst-case list even where their value is undefined."""
+        cases = self.cases if cases is None else list(cases)
+        missed = self.missed(label, cases) if metric in DISTANCE_METRICS else None
+        return describe(self.values(metric, label, cases), cases, metric, worst_k, worst_fraction, missed)
+
     def summary(self, metrics: Sequence[str] = tuple(METRICS), worst_k: int = 5,
                 worst_fraction: float = DEFAULT_WORST_FRACTION) -> Dict[str, Dict[str, Dict]]:
         """``summary[label_key][metric]`` = ``summary.describe(...)``: mean, std, min, max, median, worst cases."""
-        return {spec.key: {m: describe(self.values(m, spec.key), self.cases, m, worst_k, worst_fraction)
-                           for m in metrics} for spec in self.labels}
+        return {spec.key: {m: self.describe(m, spec.key, None, worst_k, worst_fraction) for m in metrics}
+                for spec in self.labels}
 
 
 def _load_dataset_json(dataset_json: DatasetJson) -> Optional[dict]:
@@ -73,7 +95,7 @@ def _load_dataset_json(dataset_json: DatasetJson) -> Optional[dict]:
 
 def _evaluate_case(task) -> Tuple[str, Optional[Dict], Optional[str]]:
     """Worker: (case, metrics per label key or None, error message or None)."""
-    case, ref_file, pred_file, reader_cls, label_setup, nsd_tolerance_mm = task
+    case, ref_file, pred_file, reader_cls, label_setup, per_label, common = task
     try:
         ref, pred, spacing = read_case(reader_cls(), case, ref_file, pred_file)
         if label_setup.allowed_values is not None:
@@ -85,7 +107,7 @@ def _evaluate_case(task) -> Tuple[str, Optional[Dict], Optional[str]]:
         ignore = ref == label_setup.ignore_label if label_setup.ignore_label is not None else None
         metrics = {spec.key: mask_metrics(region_or_label_to_mask(ref, spec.value),
                                           region_or_label_to_mask(pred, spec.value), spacing, ignore,
-                                          nsd_tolerance_mm)
+                                          **per_label[spec.key], **common)
                    for spec in label_setup.labels}
         return case, metrics, None
     except EvaluationInputError as e:
@@ -125,13 +147,29 @@ class _Plan:
     settings: Dict
 
 
+def _split_tolerance(nsd_tolerance_mm: Tolerance) -> Tuple[float, Optional[Mapping]]:
+    if isinstance(nsd_tolerance_mm, Mapping):  # "__default__": the tolerance of labels not listed
+        per_label = {k: v for k, v in nsd_tolerance_mm.items() if k != "__default__"}
+        return float(nsd_tolerance_mm.get("__default__", DEFAULT_NSD_TOLERANCE_MM)), per_label
+    return float(nsd_tolerance_mm), None
+
+
 def _plan(ref_folder: str, pred_folder: str, dataset_json: DatasetJson, labels, file_ending: Optional[str],
-          skip_bad_cases: bool, num_processes: int, progress: bool, nsd_tolerance_mm: float,
-          label_setup: Optional[LabelSetup] = None) -> _Plan:
+          skip_bad_cases: bool, num_processes: int, progress: bool, nsd_tolerance_mm: Tolerance,
+          label_setup: Optional[LabelSetup] = None, nsd_method: str = DEFAULT_NSD_METHOD,
+          hd95_method: str = DEFAULT_HD95_METHOD, hd_penalty: HDPenalty = None,
+          nsd_preset: Optional[str] = None) -> _Plan:
     if not isdir(ref_folder):
         raise EvaluationInputError(f"reference folder {ref_folder} does not exist")
-    if not nsd_tolerance_mm > 0:
-        raise EvaluationInputError(f"nsd_tolerance_mm must be > 0, got {nsd_tolerance_mm}")
+    if not isdir(pred_folder):
+        raise EvaluationInputError(f"prediction folder {pred_folder} does not exist")
+    default_tolerance, per_label_tolerance = _split_tolerance(nsd_tolerance_mm)
+    if not default_tolerance > 0:
+        raise EvaluationInputError(f"nsd_tolerance_mm must be > 0, got {default_tolerance}")
+    try:
+        check_metric_options(nsd_method, hd95_method, hd_penalty)
+    except ValueError as e:
+        raise EvaluationInputError(str(e)) from None
     if isinstance(dataset_json, os.PathLike):
         dataset_json = os.fspath(dataset_json)
     dataset_json_source = dataset_json if isinstance(dataset_json, str) else None
@@ -185,11 +223,20 @@ def _plan(ref_folder: str, pred_folder: str, dataset_json: DatasetJson, labels, 
     cases = [c for c in cases if c not in skipped]
     if not cases:
         raise EvaluationInputError(f"no case left to evaluate in {pred_folder}")
-    tasks = [(c, ref_files[c], pred_files[c], reader_cls, label_setup, nsd_tolerance_mm) for c in cases]
+    per_label = label_options(label_setup.labels, default_tolerance, per_label_tolerance, nsd_preset)
+    common = {"nsd_method": nsd_method, "hd95_method": hd95_method, "hd_penalty": hd_penalty}
+    tasks = [(c, ref_files[c], pred_files[c], reader_cls, label_setup, per_label, common) for c in cases]
+    tolerances = {k: o["nsd_tolerance_mm"] for k, o in per_label.items()}
     settings = {"dataset_json": dataset_json_source if dataset_json_source else ("dict" if dj else None),
                 "file_ending": file_ending, "reader": reader_cls.__name__, "labels_inferred": labels_inferred,
-                "ignore_label": label_setup.ignore_label, "nsd_tolerance_mm": nsd_tolerance_mm,
-                "single_fold_folder": single_fold}
+                "ignore_label": label_setup.ignore_label,
+                # one number when every label has the same tolerance (tables then title the column NSD@Xmm)
+                "nsd_tolerance_mm": (next(iter(tolerances.values())) if len(set(tolerances.values())) == 1
+                                     else tolerances),
+                "nsd_tolerance_mm_per_label": tolerances, "nsd_preset": nsd_preset, "nsd_method": nsd_method,
+                "hd95_method": hd95_method, "hd_penalty": hd_penalty,
+                "cropped_to_reference_z": sorted(k for k, o in per_label.items() if o["crop_to_reference_z"]),
+                "single_fold_folder": single_fold, "versions": software_versions()}
     return _Plan(tasks, skipped, label_setup, settings)
 
 
@@ -209,8 +256,10 @@ def _collect(ref_folder: str, pred_folder: str, plan: _Plan, outputs: list, skip
 def evaluate_folders(ref_folder: str, pred_folder: str, dataset_json: DatasetJson = None,
                      labels: Optional[Sequence[LabelOrRegion]] = None,
                      num_processes: int = default_num_processes,
-                     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, skip_bad_cases: bool = False,
-                     file_ending: Optional[str] = None, progress: bool = True) -> EvaluationResult:
+                     nsd_tolerance_mm: Tolerance = DEFAULT_NSD_TOLERANCE_MM, skip_bad_cases: bool = False,
+                     file_ending: Optional[str] = None, progress: bool = True,
+                     nsd_method: str = DEFAULT_NSD_METHOD, hd95_method: str = DEFAULT_HD95_METHOD,
+                     hd_penalty: HDPenalty = None, nsd_preset: Optional[str] = None) -> EvaluationResult:
     """Evaluates every case of ``pred_folder`` against ``ref_folder``.
 
     Args:
@@ -224,17 +273,23 @@ def evaluate_folders(ref_folder: str, pred_folder: str, dataset_json: DatasetJso
             file ending.
         labels: evaluate only these labels / regions (values as in dataset.json).
         num_processes: worker processes (1 = in this process).
-        nsd_tolerance_mm: tolerance of the normalised surface Dice (default 1 mm, FLARE21's convention).
+        nsd_tolerance_mm: tolerance of the normalised surface Dice in mm (default 1 mm, FLARE21's convention), or
+            {label name / value: mm} (labels not listed: 1 mm or the preset's).
         skip_bad_cases: instead of raising on missing, unreadable, misaligned or unknown-label cases, leave them
             out and list them in ``result.skipped``.
         file_ending: e.g. ".nii.gz"; default from dataset.json, else guessed from the reference folder.
         progress: show a progress bar.
+        nsd_method: "surfel" (surface elements weighted by area: DeepMind's surface-distance, FLARE) or "voxel".
+        hd95_method: "max-directed" (MONAI) or "pooled" (MedPy).
+        hd_penalty: None (HD95/ASSD undefined when a mask is empty; missed structures listed), "diagonal" or a
+            distance in mm for a case where exactly one mask is empty (0 when both are).
+        nsd_preset: "flare22": FLARE22's per-organ tolerances and z-cropping (see ``presets``).
     Raises:
         EvaluationInputError naming the case or parameter, before any metric is computed for folder/pairing
         problems, and after the parallel pass (nothing written) for problems found when reading a case.
     """
     plan = _plan(ref_folder, pred_folder, dataset_json, labels, file_ending, skip_bad_cases, num_processes, progress,
-                 nsd_tolerance_mm)
+                 nsd_tolerance_mm, None, nsd_method, hd95_method, hd_penalty, nsd_preset)
     outputs = _map(_evaluate_case, plan.tasks, num_processes, progress, f"evaluating {os.path.basename(pred_folder)}")
     return _collect(ref_folder, pred_folder, plan, outputs, skip_bad_cases)
 
@@ -242,8 +297,10 @@ def evaluate_folders(ref_folder: str, pred_folder: str, dataset_json: DatasetJso
 def compare_folders(ref_folder: str, pred_folders: Sequence[str], names: Optional[Sequence[str]] = None,
                     dataset_json: DatasetJson = None, labels: Optional[Sequence[LabelOrRegion]] = None,
                     num_processes: int = default_num_processes,
-                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, skip_bad_cases: bool = False,
-                    file_ending: Optional[str] = None, progress: bool = True) -> Dict[str, EvaluationResult]:
+                    nsd_tolerance_mm: Tolerance = DEFAULT_NSD_TOLERANCE_MM, skip_bad_cases: bool = False,
+                    file_ending: Optional[str] = None, progress: bool = True,
+                    nsd_method: str = DEFAULT_NSD_METHOD, hd95_method: str = DEFAULT_HD95_METHOD,
+                    hd_penalty: HDPenalty = None, nsd_preset: Optional[str] = None) -> Dict[str, EvaluationResult]:
     """Evaluates several prediction folders against one reference folder (arguments as in ``evaluate_folders``),
     all cases of all methods in one process pool. Returns {method name: EvaluationResult} in the given order;
     default names are the trainer names of nnU-Net result folders, else the folder names."""
@@ -258,7 +315,8 @@ def compare_folders(ref_folder: str, pred_folders: Sequence[str], names: Optiona
     plans = []
     for folder in pred_folders:
         plans.append(_plan(ref_folder, folder, dataset_json, labels, file_ending, skip_bad_cases, num_processes,
-                           progress, nsd_tolerance_mm, plans[0].label_setup if plans else None))
+                           progress, nsd_tolerance_mm, plans[0].label_setup if plans else None, nsd_method,
+                           hd95_method, hd_penalty, nsd_preset))
         if [s.key for s in plans[-1].label_setup.labels] != [s.key for s in plans[0].label_setup.labels]:
             raise EvaluationInputError(f"{folder} evaluates labels {plans[-1].label_setup.labels}, but "
                                        f"{pred_folders[0]} {plans[0].label_setup.labels}")

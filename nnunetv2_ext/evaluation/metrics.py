@@ -16,22 +16,30 @@ Conventions (see docs/evaluation.md, "Conventions"):
   the 6-neighbourhood in 3D / 4-neighbourhood in 2D; outside the image counts as background). Distances are
   Euclidean in mm between voxel centres: from each surface voxel of one mask to the nearest surface voxel of the
   other, computed with an exact anisotropic EDT on the bounding box of both masks only.
-* HD95 = max of the two directed 95th percentiles (the convention of MONAI and MedPy); ASSD = mean of all directed
-  distances of both surfaces pooled (MONAI's symmetric average surface distance). Both are NaN when either mask
-  is empty (undefined: counted, not averaged in).
-* NSD (normalised surface Dice at tolerance tau mm, Nikolov et al. 2021, as used by the FLARE challenges) =
-  (#surface voxels of A within tau of B + #surface voxels of B within tau of A) / (#surface voxels of A + of B).
-  FLARE's conventions for empty masks: both empty -> 1, exactly one empty -> 0. The surface elements are counted
-  as voxels (MONAI ``compute_surface_dice(use_subvoxels=False)``), not weighted by surfel area as in DeepMind's
-  ``surface-distance`` code used by FLARE, which can differ by a few percent on coarse grids.
+* HD95 = max of the two directed 95th percentiles (``hd95_method="max-directed"``, the default: MONAI's
+  ``compute_hausdorff_distance(percentile=95)``, and the structure of DeepMind's ``compute_robust_hausdorff``), or
+  the 95th percentile of both directions pooled (``"pooled"``: MedPy's ``hd95``, which stacks both directed
+  distance lists before ``numpy.percentile``). ASSD = mean of all distances of both directions pooled (MONAI's
+  symmetric ``compute_average_surface_distance``; MedPy's ``assd`` averages the two directed means instead).
+* Empty masks: HD95 and ASSD are undefined (NaN, counted and listed, never averaged in) when either mask is empty;
+  a *missed* structure (empty prediction, non-empty reference) is flagged so that it shows in worst-case lists.
+  ``hd_penalty`` applies the challenges' convention instead: one mask empty -> the penalty (a number of mm, e.g.
+  BraTS' 373.13, or "diagonal" = the image diagonal in mm), both empty -> 0.
+* NSD (normalised surface Dice at tolerance tau mm, Nikolov et al. 2021) = the share of both surfaces lying within
+  tau of the other surface. ``nsd_method="surfel"`` (default) weights each surface element by its area, from the
+  2x2x2 neighbourhood code of the voxel-corner grid, exactly as DeepMind's ``surface-distance`` (the FLARE
+  challenges' evaluation code) and MONAI's ``compute_surface_dice(use_subvoxels=True)``; ``"voxel"`` counts surface
+  voxels (MONAI's ``use_subvoxels=False``). FLARE's conventions for empty masks: both empty -> 1, one empty -> 0.
 * Volumes in ml; ``vol_diff_ml`` = V_pred - V_ref; ``rel_vol_diff`` = (V_pred - V_ref) / V_ref (NaN for an empty
   reference).
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import edt
 import numpy as np
-from scipy.ndimage import binary_erosion, generate_binary_structure
+from scipy.ndimage import binary_erosion, correlate, generate_binary_structure
+
+from nnunetv2_ext.evaluation.surfels import NEIGHBOUR_CODE_KERNEL_2D, NEIGHBOUR_CODE_KERNEL_3D, surfel_area_table
 
 #: metric name -> (True if higher is better, unit). ``None`` for "better" means "closer to 0 is better".
 METRICS: Dict[str, Tuple[Optional[bool], str]] = {
@@ -53,6 +61,26 @@ RANKED_METRICS = ("DSC", "IoU", "precision", "recall", "specificity", "HD95", "A
                   "rel_vol_diff")
 
 DEFAULT_NSD_TOLERANCE_MM = 1.0
+NSD_METHODS = ("surfel", "voxel")
+DEFAULT_NSD_METHOD = "surfel"
+HD95_METHODS = ("max-directed", "pooled")
+DEFAULT_HD95_METHOD = "max-directed"
+#: metrics that are undefined for a missed structure unless a penalty is given
+DISTANCE_METRICS = ("HD95", "ASSD")
+
+HDPenalty = Union[None, str, float]
+
+
+def check_metric_options(nsd_method: str = DEFAULT_NSD_METHOD, hd95_method: str = DEFAULT_HD95_METHOD,
+                         hd_penalty: HDPenalty = None) -> None:
+    """Raises ValueError naming the parameter for an unknown method or a bad penalty."""
+    if nsd_method not in NSD_METHODS:
+        raise ValueError(f"nsd_method must be one of {NSD_METHODS}, got {nsd_method!r}")
+    if hd95_method not in HD95_METHODS:
+        raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
+    if hd_penalty is not None and hd_penalty != "diagonal" and not (
+            isinstance(hd_penalty, (int, float)) and np.isfinite(hd_penalty) and hd_penalty >= 0):
+        raise ValueError(f"hd_penalty must be None, 'diagonal' or a distance >= 0 in mm, got {hd_penalty!r}")
 
 
 def badness(metric: str, values: np.ndarray) -> np.ndarray:
@@ -104,20 +132,66 @@ def directed_surface_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spac
     return dist_to_pred[surface_ref].astype(np.float64), dist_to_ref[surface_pred].astype(np.float64)
 
 
+def surfel_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float]
+                     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Surface elements on the voxel-corner grid (DeepMind's ``surface-distance`` construction): for each surface
+    element of ``mask_ref`` its distance (mm) to the nearest surface element of ``mask_pred`` and its area (mm^2;
+    length in 2D), and the same the other way round: (d_ref_to_pred, area_ref, d_pred_to_ref, area_pred).
+    Both masks must be non-empty."""
+    box = bounding_box(mask_ref | mask_pred)
+    kernel = NEIGHBOUR_CODE_KERNEL_3D if mask_ref.ndim == 3 else NEIGHBOUR_CODE_KERNEL_2D
+    full = int(kernel.sum())
+    table = surfel_area_table(spacing)
+    spacing = tuple(float(s) for s in spacing)
+    codes, borders = [], []
+    for mask in (mask_ref, mask_pred):
+        # the box plus one background layer at the end of every axis; the correlation's constant 0 adds the layer
+        # before it, so every corner point of the box's voxels gets its full 2x2(x2) neighbourhood
+        padded = np.zeros(tuple(s.stop - s.start + 1 for s in box), dtype=np.uint8)
+        padded[tuple(slice(0, -1) for _ in box)] = mask[box]
+        code = correlate(padded, kernel.astype(np.uint8), mode="constant", cval=0)
+        codes.append(code)
+        borders.append((code != 0) & (code != full))
+    dist_to_pred = edt.edt(np.ascontiguousarray(~borders[1]), anisotropy=spacing, black_border=False)
+    dist_to_ref = edt.edt(np.ascontiguousarray(~borders[0]), anisotropy=spacing, black_border=False)
+    return (dist_to_pred[borders[0]].astype(np.float64), table[codes[0][borders[0]]],
+            dist_to_ref[borders[1]].astype(np.float64), table[codes[1][borders[1]]])
+
+
+def penalty_distance(hd_penalty: HDPenalty, shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The distance (mm) given to HD95/ASSD when exactly one mask is empty: a number, or the image diagonal."""
+    if hd_penalty == "diagonal":
+        return float(np.linalg.norm(np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)))
+    return float(hd_penalty)
+
+
 def surface_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float],
-                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[str, float]:
-    """HD95, ASSD (mm) and NSD at ``nsd_tolerance_mm`` (conventions in the module docstring)."""
+                    nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, nsd_method: str = DEFAULT_NSD_METHOD,
+                    hd95_method: str = DEFAULT_HD95_METHOD, hd_penalty: HDPenalty = None) -> Dict[str, float]:
+    """HD95, ASSD (mm) and NSD at ``nsd_tolerance_mm`` (conventions and methods in the module docstring)."""
     ref_empty, pred_empty = not mask_ref.any(), not mask_pred.any()
     if ref_empty or pred_empty:
-        return {"HD95": float("nan"), "ASSD": float("nan"), "NSD": 1.0 if (ref_empty and pred_empty) else 0.0}
+        if hd_penalty is None:
+            distance = float("nan")
+        else:
+            distance = 0.0 if (ref_empty and pred_empty) else penalty_distance(hd_penalty, mask_ref.shape, spacing)
+        return {"HD95": distance, "ASSD": distance, "NSD": 1.0 if (ref_empty and pred_empty) else 0.0}
     d_ref_to_pred, d_pred_to_ref = directed_surface_distances(mask_ref, mask_pred, spacing)
-    n_surface = d_ref_to_pred.size + d_pred_to_ref.size
-    return {
-        "HD95": float(max(np.percentile(d_ref_to_pred, 95), np.percentile(d_pred_to_ref, 95))),
-        "ASSD": float((d_ref_to_pred.sum() + d_pred_to_ref.sum()) / n_surface),
-        "NSD": float((np.count_nonzero(d_ref_to_pred <= nsd_tolerance_mm)
-                      + np.count_nonzero(d_pred_to_ref <= nsd_tolerance_mm)) / n_surface),
-    }
+    if hd95_method == "pooled":
+        hd95 = float(np.percentile(np.concatenate([d_ref_to_pred, d_pred_to_ref]), 95))
+    else:
+        hd95 = float(max(np.percentile(d_ref_to_pred, 95), np.percentile(d_pred_to_ref, 95)))
+    result = {"HD95": hd95, "ASSD": float((d_ref_to_pred.sum() + d_pred_to_ref.sum())
+                                          / (d_ref_to_pred.size + d_pred_to_ref.size))}
+    if nsd_method == "voxel":
+        result["NSD"] = float((np.count_nonzero(d_ref_to_pred <= nsd_tolerance_mm)
+                               + np.count_nonzero(d_pred_to_ref <= nsd_tolerance_mm))
+                              / (d_ref_to_pred.size + d_pred_to_ref.size))
+    else:
+        d_rp, a_r, d_pr, a_p = surfel_distances(mask_ref, mask_pred, spacing)
+        result["NSD"] = float((a_r[d_rp <= nsd_tolerance_mm].sum() + a_p[d_pr <= nsd_tolerance_mm].sum())
+                              / (a_r.sum() + a_p.sum()))
+    return result
 
 
 def overlap_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float],
@@ -151,9 +225,18 @@ def overlap_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequen
     }
 
 
+def reference_z_range(mask_ref: np.ndarray) -> Optional[slice]:
+    """Axial (array axis 0) slices holding the reference, as the FLARE22 script crops aorta, IVC and oesophagus:
+    ``[first, last)``, i.e. the script's own ``z_lower:z_upper`` (which leaves the top labelled slice out)."""
+    slices = np.flatnonzero(mask_ref.any(axis=tuple(range(1, mask_ref.ndim))))
+    return slice(int(slices[0]), int(slices[-1])) if slices.size else None
+
+
 def mask_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float],
                  ignore_mask: Optional[np.ndarray] = None,
-                 nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[str, float]:
+                 nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, nsd_method: str = DEFAULT_NSD_METHOD,
+                 hd95_method: str = DEFAULT_HD95_METHOD, hd_penalty: HDPenalty = None,
+                 crop_to_reference_z: bool = False) -> Dict[str, float]:
     """All metrics of one label/region of one case.
 
     Args:
@@ -162,6 +245,10 @@ def mask_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[
         ignore_mask: optional boolean array, True where the reference has the ignore label; these voxels are
             removed from both masks and from all counts.
         nsd_tolerance_mm: tolerance of the normalised surface Dice, in mm.
+        nsd_method: "surfel" (area-weighted, DeepMind/FLARE) or "voxel" (surface voxels counted).
+        hd95_method: "max-directed" (MONAI) or "pooled" (MedPy).
+        hd_penalty: None (HD95/ASSD undefined when a mask is empty), "diagonal" or a distance in mm.
+        crop_to_reference_z: evaluate only the reference's axial extent (FLARE22 for aorta, IVC, oesophagus).
     Returns:
         dict metric name -> value (see ``METRICS``), plus the voxel counts TP, FP, FN, TN.
     """
@@ -169,11 +256,16 @@ def mask_metrics(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[
         raise ValueError(f"reference and prediction masks differ in shape: {mask_ref.shape} vs {mask_pred.shape}")
     if len(spacing) != mask_ref.ndim:
         raise ValueError(f"spacing {tuple(spacing)} does not match the {mask_ref.ndim}D masks")
+    check_metric_options(nsd_method, hd95_method, hd_penalty)
     mask_ref = np.asarray(mask_ref, dtype=bool)
     mask_pred = np.asarray(mask_pred, dtype=bool)
     if ignore_mask is not None and ignore_mask.any():
         mask_ref = mask_ref & ~ignore_mask
         mask_pred = mask_pred & ~ignore_mask
+    if crop_to_reference_z and (z := reference_z_range(mask_ref)) is not None:
+        mask_ref, mask_pred = mask_ref[z], mask_pred[z]
+        ignore_mask = ignore_mask[z] if ignore_mask is not None else None
     result = overlap_metrics(mask_ref, mask_pred, spacing, ignore_mask)
-    result.update(surface_metrics(mask_ref, mask_pred, spacing, nsd_tolerance_mm))
+    result.update(surface_metrics(mask_ref, mask_pred, spacing, nsd_tolerance_mm, nsd_method, hd95_method,
+                                  hd_penalty))
     return result

@@ -9,7 +9,7 @@ import numpy as np
 
 from nnunetv2_ext.evaluation.evaluate import EvaluationResult
 from nnunetv2_ext.evaluation.metrics import METRICS, RANKED_METRICS, badness
-from nnunetv2_ext.evaluation.summary import (DEFAULT_N_BOOTSTRAP, DEFAULT_WORST_FRACTION, compare_paired, describe,
+from nnunetv2_ext.evaluation.summary import (DEFAULT_N_BOOTSTRAP, DEFAULT_WORST_FRACTION, compare_paired,
                                              method_intervals)
 
 #: metrics shown as percentages in tables (the papers report DSC, precision, recall in %)
@@ -18,8 +18,12 @@ DEFAULT_TABLE_METRICS = ("DSC", "precision", "recall", "HD95", "NSD")
 DEFAULT_PLOT_METRICS = ("DSC", "HD95", "NSD")
 
 
-def _column_title(metric: str, percent: bool, nsd_tolerance_mm: Optional[float] = None) -> str:
-    title = metric if metric != "NSD" or nsd_tolerance_mm is None else f"NSD@{nsd_tolerance_mm:g}mm"
+def _column_title(metric: str, percent: bool, nsd_tolerance_mm=None) -> str:
+    title = metric
+    if metric == "NSD" and isinstance(nsd_tolerance_mm, (int, float)):
+        title = f"NSD@{nsd_tolerance_mm:g}mm"
+    elif metric == "NSD" and nsd_tolerance_mm is not None:
+        title = "NSD@per-label tol."
     unit = "%" if percent and metric in PERCENT_METRICS else METRICS[metric][1]
     return f"{title} ({unit})" if unit else title
 
@@ -35,12 +39,15 @@ def _scale(metric: str, percent: bool) -> float:
 
 
 def format_mean_std_range(stats: Mapping, scale: float = 1.0, decimals: int = 2) -> str:
-    """'mean ± std [min, max]' (the PNSS/HESS paper's format), with '(k undef.)' when k cases were NaN."""
+    """'mean ± std [min, max]' (the PNSS/HESS paper's format), with '(k missed)' for structures the prediction
+    missed and '(k undef.)' for other cases whose value is undefined (NaN)."""
+    missed_undefined = len(set(stats.get("missed_cases", [])) & set(stats.get("undefined_cases", [])))
+    notes = (f" ({missed_undefined} missed)" if missed_undefined else "") + \
+        (f" ({stats['n_undefined'] - missed_undefined} undef.)" if stats["n_undefined"] > missed_undefined else "")
     if stats["n"] == 0:
-        return f"undefined (n={stats['n_undefined']})"
+        return f"undefined (n={stats['n_undefined']})" + (f" ({missed_undefined} missed)" if missed_undefined else "")
     f = lambda v: f"{v * scale:.{decimals}f}"
-    text = f"{f(stats['mean'])} ± {f(stats['std'])} [{f(stats['min'])}, {f(stats['max'])}]"
-    return text + (f" ({stats['n_undefined']} undef.)" if stats["n_undefined"] else "")
+    return f"{f(stats['mean'])} ± {f(stats['std'])} [{f(stats['min'])}, {f(stats['max'])}]" + notes
 
 
 def _as_dict(results: Union[EvaluationResult, Mapping[str, EvaluationResult]]) -> Mapping[str, EvaluationResult]:
@@ -79,7 +86,7 @@ def format_markdown_table(results_by_method: Union[EvaluationResult, Mapping[str
         for spec in labels:
             cells = [name] + ([spec.name] if show_label else []) + [str(len(result.cases))]
             for m in metrics:
-                stats = describe(result.values(m, spec.key), result.cases, m)
+                stats = result.describe(m, spec.key)
                 cells.append(format_mean_std_range(stats, _scale(m, percent), decimals))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -118,7 +125,7 @@ def compare_results(results_by_method: Mapping[str, EvaluationResult], baseline:
             methods, paired = {}, {}
             for name, result in results_by_method.items():
                 values = result.values(m, spec.key, cases)
-                methods[name] = {**describe(values, cases, m, worst_k, worst_fraction),
+                methods[name] = {**result.describe(m, spec.key, cases, worst_k, worst_fraction),
                                  **method_intervals(values, m, worst_fraction, n_bootstrap, seed)}
                 if name != baseline:
                     paired[name] = compare_paired(base_values, values, cases, m, worst_fraction, n_bootstrap, seed,
@@ -214,7 +221,8 @@ def write_summary_csv(path: str, results: Mapping[str, EvaluationResult], worst_
         for name, result in results.items():
             for key, per_metric in result.summary(worst_k=worst_k).items():
                 for metric, stats in per_metric.items():
-                    worst = "; ".join(f"{c}={v:.6g}" for c, v in stats.get("worst_cases", []))
+                    worst = "; ".join(f"{c}=missed" if v is None else f"{c}={v:.6g}"
+                                      for c, v in stats.get("worst_cases", []))
                     writer.writerow([name, key, result.label(key).name, metric,
                                      *(_cell(stats.get(c)) for c in stats_columns), worst])
 
@@ -276,11 +284,13 @@ def _markdown_evaluation(result: EvaluationResult, name: str, metrics: Sequence[
         text.append(f"## Worst cases, label {spec.name}\n")
         for m in metrics:
             s = summary[spec.key][m]
-            if m in RANKED_METRICS and s["n"]:
-                worst = ", ".join(f"{c} ({v * _scale(m, True):.2f})" for c, v in s["worst_cases"])
-                text.append(f"- {m}: median {s['median'] * _scale(m, True):.2f}; worst: {worst}"
-                            + (f"; undefined for {s['n_undefined']}: {', '.join(s['undefined_cases'])}"
-                               if s["n_undefined"] else ""))
+            if m in RANKED_METRICS and (s["n"] or s["worst_cases"]):
+                worst = ", ".join(f"{c} (missed)" if v is None else f"{c} ({v * _scale(m, True):.2f})"
+                                  for c, v in s["worst_cases"])
+                median = f"median {s['median'] * _scale(m, True):.2f}; " if s["n"] else ""
+                others = [c for c in s["undefined_cases"] if c not in s["missed_cases"]]
+                text.append(f"- {m}: {median}worst: {worst}"
+                            + (f"; undefined for {len(others)}: {', '.join(others)}" if others else ""))
         text.append("")
     if result.skipped:
         text.append("## Skipped cases\n")

@@ -1,7 +1,7 @@
 """Summary statistics of per-case metric values: mean ± std [min, max], median, worst cases, bootstrap intervals,
 paired comparison of methods. Pure numpy/scipy; NaN values (undefined metrics) are counted, never averaged in."""
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -43,17 +43,24 @@ def bootstrap_interval(statistic, *samples: np.ndarray, n_resamples: int = DEFAU
 
 
 def describe(values: Sequence[float], cases: Sequence[str], metric: str, worst_k: int = 5,
-             worst_fraction: float = DEFAULT_WORST_FRACTION) -> Dict:
+             worst_fraction: float = DEFAULT_WORST_FRACTION, missed: Optional[Sequence[bool]] = None) -> Dict:
     """mean, std (sample, ddof=1), min, max, median over the defined values; ``n_undefined`` NaN cases (listed);
-    the ``worst_k`` worst cases by name; the mean of the worst ``worst_fraction`` of cases."""
+    the ``worst_k`` worst cases by name; the mean of the worst ``worst_fraction`` of cases.
+
+    ``missed`` (per case, optional): structures the prediction missed entirely. They are counted (``n_missed``,
+    ``missed_cases``) and, where their value is undefined (HD95/ASSD without a penalty), head ``worst_cases`` with
+    the value None, so that a missed organ never disappears from the worst-case list."""
     values = np.asarray(values, dtype=float)
     defined = ~np.isnan(values)
     finite = values[defined]
+    missed = np.zeros(len(values), dtype=bool) if missed is None else np.asarray(missed, dtype=bool)
+    missed_undefined = [c for c, m, d in zip(cases, missed, defined) if m and not d]
     result = {"n": int(finite.size), "n_undefined": int((~defined).sum()),
-              "undefined_cases": [c for c, d in zip(cases, defined) if not d]}
+              "undefined_cases": [c for c, d in zip(cases, defined) if not d],
+              "n_missed": int(missed.sum()), "missed_cases": [c for c, m in zip(cases, missed) if m]}
     if finite.size == 0:
         result.update({k: float("nan") for k in ("mean", "std", "min", "max", "median", "worst_fraction_mean")})
-        result["worst_cases"] = []
+        result["worst_cases"] = [[c, None] for c in missed_undefined] if metric in RANKED_METRICS else []
         return result
     result.update({
         "mean": float(finite.mean()),
@@ -64,8 +71,9 @@ def describe(values: Sequence[float], cases: Sequence[str], metric: str, worst_k
     })
     if metric in RANKED_METRICS:
         defined_cases = [c for c, d in zip(cases, defined) if d]
-        order = np.argsort(-badness(metric, finite), kind="stable")[:worst_k]
-        result["worst_cases"] = [[defined_cases[i], float(finite[i])] for i in order]
+        order = np.argsort(-badness(metric, finite), kind="stable")[:max(0, worst_k - len(missed_undefined))]
+        result["worst_cases"] = ([[c, None] for c in missed_undefined]
+                                 + [[defined_cases[i], float(finite[i])] for i in order])
         result["worst_fraction_mean"] = float(worst_fraction_mean(finite, metric, worst_fraction))
     return result
 
