@@ -114,7 +114,7 @@ class ConversionReport:
             lines.append(f"{what} cases ({len(self.problems)}):")
             lines += [f"  {p.identifier}: {p.reason}" for p in self.problems]
             if not self.written:
-                lines.append("Nothing was written. Fix these cases, or pass --skip-bad to convert the others.")
+                lines.append("Nothing was written. Fix these cases, or pass --skip-bad-cases to convert the others.")
         return "\n".join(lines)
 
 
@@ -412,8 +412,9 @@ def make_parser(description: str) -> argparse.ArgumentParser:
                         help="nnU-Net dataset id; output goes to $nnUNet_raw/DatasetXXX_Name")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing target dataset that differs from this conversion")
-    parser.add_argument("--skip-bad", action="store_true",
+    parser.add_argument("--skip-bad-cases", dest="skip_bad", action="store_true",
                         help="convert the good cases and list the bad ones instead of stopping")
+    parser.add_argument("--skip-bad", dest="skip_bad", action="store_true", help=argparse.SUPPRESS)  # old name
     parser.add_argument("-np", "--num-processes", type=int, default=default_num_processes,
                         help="number of worker processes")
     parser.add_argument("--geometry-tolerance", type=float, default=0.1,

@@ -3,7 +3,7 @@ Task03 Liver, Task07 Pancreas, Task09 Spleen; other MSD tasks use the same code)
 
 What nnU-Net's own ``nnUNetv2_convert_MSD_dataset`` does (channels of 4D files split into ``_000X`` files, labels
 and channel names taken from the MSD dataset.json) is reused: its ``split_4d_nifti`` writes the images. Added here:
-validation of every case before writing (channel count, image/label geometry), the temporary-folder/--skip-bad/
+validation of every case before writing (channel count, image/label geometry), the temporary-folder/--skip-bad-cases/
 --overwrite handling of ``common.run_conversion``, and two paper settings:
 
 - ``--brats-edema-t1gd`` (Task01 only): T1-Gd channel only, peritumoral edema (MSD label 1) as the single target

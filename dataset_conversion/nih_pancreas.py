@@ -9,6 +9,7 @@ Reading: SimpleITK/GDCM (``ImageSeriesReader``) groups and sorts the slices and 
 so the written images are in HU. Validation only scans the DICOM headers (GDCM scanner + first/last slice
 information); pixel data are read once, when writing.
 """
+import argparse
 import os
 import re
 import sys
@@ -186,9 +187,10 @@ def main(argv=None) -> int:
     parser = make_parser("Convert NIH Pancreas-CT (TCIA DICOM + label00XX.nii.gz) into an nnU-Net raw dataset "
                          "DatasetXXX_NIHPancreas.")
     parser.add_argument("--labels", required=True, help="folder with the label00XX.nii.gz files")
-    parser.add_argument("--paper-splits", action="store_true",
+    parser.add_argument("--paper-split", dest="paper_splits", action="store_true",
                         help=f"write splits_final.json with the papers' 4-fold cross-validation (seed {SPLIT_SEED}; "
                              f"nnUNetv2_plan_and_preprocess copies it to nnUNet_preprocessed)")
+    parser.add_argument("--paper-splits", dest="paper_splits", action="store_true", help=argparse.SUPPRESS)  # old
     args = parser.parse_args(argv)
     return run_cli(lambda a: NIHPancreasConverter(a.input, a.labels, paper_splits=a.paper_splits,
                                                   geometry_tolerance=a.geometry_tolerance), args)

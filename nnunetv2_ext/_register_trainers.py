@@ -22,9 +22,17 @@ def register() -> None:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(folders)
 
 
-def main() -> None:
-    """Prints the folder to put into ``nnUNet_extTrainer`` by hand (only needed where .pth files are skipped)."""
+def main(argv=None) -> int:
+    """``nnUNetv2_ext_trainer_path``: prints the folder to put into ``nnUNet_extTrainer`` by hand (only needed where
+    .pth files are skipped)."""
+    import argparse
+
+    argparse.ArgumentParser(prog="nnUNetv2_ext_trainer_path",
+                            description="Print the folder that holds nnunetv2_ext's trainers for nnU-Net's "
+                                        "nnUNet_extTrainer search path; only needed where .pth start-up files are "
+                                        "skipped: export nnUNet_extTrainer=$(nnUNetv2_ext_trainer_path)").parse_args(argv)
     print(TRAINER_SEARCH_FOLDER)
+    return 0
 
 
 register()
