@@ -206,29 +206,61 @@ def write_phantom_dataset(dataset_id: int, cfg: PhantomConfig, raw_folder: Optio
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Write the deterministic synthetic CT phantom as an nnU-Net raw dataset "
-                                            "(into $nnUNet_raw).")
-    p.add_argument("-d", "--dataset-id", type=int, required=True)
-    p.add_argument("--name", default="Phantom")
-    p.add_argument("--num-cases", type=int, default=20)
-    p.add_argument("--num-test", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs=3, default=(40, 64, 64), metavar=("Z", "Y", "X"))
-    p.add_argument("--spacing", type=float, nargs=3, default=(3.0, 1.0, 1.0), metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hard-every", type=int, default=4)
+def main(argv=None) -> int:
+    """``nnUNetv2_ext_phantom``: bad arguments, a missing raw folder or an existing dataset (without --overwrite) end
+    with a message and exit code 2 before anything is written."""
+    import sys
+
+    p = argparse.ArgumentParser(prog="nnUNetv2_ext_phantom",
+                                description="Write the deterministic synthetic CT phantom as an nnU-Net raw dataset "
+                                            "Dataset<ID>_<name> (into $nnUNet_raw).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999)")
+    p.add_argument("--name", default="Phantom", help="dataset name (folder Dataset<ID>_<name>)")
+    p.add_argument("--num-cases", type=int, default=20, help="training cases (imagesTr/labelsTr)")
+    p.add_argument("--num-test", type=int, default=0, help="held-out test cases (imagesTs/labelsTs)")
+    p.add_argument("--shape", type=int, nargs=3, default=(40, 64, 64), metavar=("Z", "Y", "X"),
+                   help="volume size in voxels (each >= 16)")
+    p.add_argument("--spacing", type=float, nargs=3, default=(3.0, 1.0, 1.0), metavar=("Z", "Y", "X"),
+                   help="voxel spacing in mm")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the dataset is deterministic given it)")
+    p.add_argument("--hard-every", type=int, default=4,
+                   help="every n-th case is hard (low contrast, atypical shape or position)")
     p.add_argument("--lesions", action="store_true", help="add a tumour (label 2) inside the organ")
     p.add_argument("--ignore-label", action="store_true", help="paint an 'ignore' band over unannotated slices")
     p.add_argument("--regions", action="store_true", help="BraTS-style regions (needs --lesions)")
-    p.add_argument("--raw-folder", default=None, help="default: $nnUNet_raw")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--raw-folder", default=None, help="where to write the dataset (default: $nnUNet_raw)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of the same id and name")
     a = p.parse_args(argv)
-    cfg = PhantomConfig(num_cases=a.num_cases, num_test=a.num_test, shape=tuple(a.shape), spacing=tuple(a.spacing),
-                        seed=a.seed, hard_every=a.hard_every, lesions=a.lesions, ignore_label=a.ignore_label,
-                        regions=a.regions, dataset_name=a.name)
-    out = write_phantom_dataset(a.dataset_id, cfg, a.raw_folder, a.overwrite)
+    raw_folder = a.raw_folder or os.environ.get("nnUNet_raw")
+    try:
+        if not 1 <= a.dataset_id <= 999:
+            raise ValueError(f"-d must be a dataset id in 1..999, got {a.dataset_id}")
+        if not raw_folder:
+            raise ValueError("nnUNet_raw is not set and no --raw-folder was given (see nnU-Net's "
+                             "documentation/set_environment_variables.md)")
+        if not os.path.isdir(raw_folder):
+            raise ValueError(f"raw folder {raw_folder} does not exist")
+        cfg = PhantomConfig(num_cases=a.num_cases, num_test=a.num_test, shape=tuple(a.shape),
+                            spacing=tuple(a.spacing), seed=a.seed, hard_every=a.hard_every, lesions=a.lesions,
+                            ignore_label=a.ignore_label, regions=a.regions, dataset_name=a.name)
+        cfg.validate()
+        if min(a.spacing) <= 0:
+            raise ValueError(f"--spacing must be > 0, got {a.spacing}")
+        target = f"Dataset{a.dataset_id:03d}_{a.name}"
+        others = sorted(n for n in os.listdir(raw_folder)
+                        if n.startswith(f"Dataset{a.dataset_id:03d}_") and n != target and not n.endswith(".tmp"))
+        if others:
+            raise ValueError(f"dataset id {a.dataset_id} is already used by {others} in {raw_folder}; choose another -d")
+        if os.path.exists(os.path.join(raw_folder, target)) and not a.overwrite:
+            raise ValueError(f"{os.path.join(raw_folder, target)} exists; pass --overwrite to replace it")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = write_phantom_dataset(a.dataset_id, cfg, raw_folder, a.overwrite)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
