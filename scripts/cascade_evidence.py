@@ -69,7 +69,7 @@ def run(cmd, env, log_path):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", required=True, help="folder for nnUNet_raw/preprocessed/results and the report")
-    p.add_argument("-d", "--dataset-id", type=int, default=979)
+    p.add_argument("-d", "--dataset-id", type=int, default=929)
     p.add_argument("-c", "--configuration", default="2d", choices=("2d", "3d_fullres"))
     p.add_argument("--num-cases", type=int, default=16)
     p.add_argument("--num-test", type=int, default=6)

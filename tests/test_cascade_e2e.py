@@ -16,7 +16,7 @@ from conftest import run_cmd
 
 pytestmark = pytest.mark.e2e
 
-CASCADE_ID = 975
+CASCADE_ID = 920
 TRAINER = "nnUNetTrainerCascadeTumorTiny"
 
 

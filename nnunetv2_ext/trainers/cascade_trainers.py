@@ -1,7 +1,7 @@
 """Cascade tumour variant of nnU-Net (issue 6; Qiu et al., Front. Oncol. 2024): organ stage, then tumour stage on the
 organ box, as ONE network trained by one trainer.
 
-The network (:class:`nnunetv2_ext.cascade.modules.CascadeTumorNet`) takes the plans' patch, segments the organ with
+The network (:class:`nnunetv2_ext.networks.cascade_tumour.CascadeTumorNet`) takes the plans' patch, segments the organ with
 the plans' U-Net (stage 1), crops the organ box (+ margin K) out of the patch, multiplies in the salient-change prior
 and segments the tumour there (stage 2: the plans' encoder + localisation and focusing modules), pastes the tumour
 back and returns ordinary 3-class logits. So ``nnUNetv2_train``, ``nnUNetv2_predict`` and the validation at the end
@@ -30,11 +30,12 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_ext.cascade.checks import check_cascade_labels, check_tumour_inside_organ
-from nnunetv2_ext.cascade.losses import CascadeTumorLoss
-from nnunetv2_ext.cascade.modules import CascadeTumorNet, SalientChangeModule, TumourStageNet
-from nnunetv2_ext.cascade.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
-                                        CascadeStep, step_boundaries, step_for_epoch)
+from nnunetv2_ext.losses.cascade import CascadeTumorLoss
+from nnunetv2_ext.networks.cascade_tumour import CascadeTumorNet, TumourStageNet
+from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
+from nnunetv2_ext.two_stage.prior import SalientChangeModule
+from nnunetv2_ext.two_stage.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
+                                          TrainingStep, step_boundaries, step_for_epoch)
 from nnunetv2_ext.losses.shared_boundary import InterClassSharedBoundaryLoss
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
@@ -84,7 +85,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         # the cascade has its own multi-output loss; nnU-Net's deep supervision would only add stage-1 outputs
         self.enable_deep_supervision = False
         self.oversample_foreground_percent = self.foreground_oversampling
-        self.cascade_step: CascadeStep = STEP_J
+        self.cascade_step: TrainingStep = STEP_J
         self._epoch_terms: List[dict] = []
 
     # ---------------------------------------------------------------- network
@@ -146,7 +147,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         return _LossOnAuxiliary(self.cascade_loss, self)
 
     # ---------------------------------------------------------------- steps S / I / J
-    def apply_cascade_step(self) -> CascadeStep:
+    def apply_cascade_step(self) -> TrainingStep:
         """Sets the step of the current epoch (pure function of the epoch, so it is restored by ``--c``)."""
         self.cascade_step = step_for_epoch(self.current_epoch, self.num_epochs, self.separate_fraction,
                                            self.joint_reference_fraction)

@@ -24,17 +24,11 @@ import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
 from torch import nn
 
-from nnunetv2_ext.cascade.crop import Box, bounding_box, crop_with_padding, expand_box, paste_crop, whole_box
+from nnunetv2_ext.two_stage.crop import (Box, bounding_box, crop_with_padding, expand_box, paste_crop, resize_to,
+                                         whole_box)
+from nnunetv2_ext.two_stage.prior import SalientChangeModule
 
 EMPTY_ORGAN_FALLBACKS = ("no_tumour", "whole_patch")
-
-
-def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(Bi/tri)linear resize of ``(B, C, *spatial)`` to ``size``; no-op if the size already matches."""
-    if tuple(x.shape[2:]) == tuple(size):
-        return x
-    mode = "trilinear" if x.ndim == 5 else "bilinear"
-    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
 
 
 class ConvNormAct(nn.Sequential):
@@ -76,33 +70,6 @@ class PlansOps:
         if self.nonlin is not None:
             layers.append(self.nonlin(**self.nonlin_kwargs))
         return nn.Sequential(*layers)
-
-
-class SalientChangeModule(nn.Module):
-    """Prior for stage 2 from stage 1's organ probability map ``p`` (the paper's salient change module, in the spirit
-    of the saliency transformation of RSTN, Yu et al. 2018): ``x2 = x * (1 + tanh(h(p)))`` with ``h`` two small
-    convolutions. The last convolution starts at zero, so the module starts as the identity (prior neutral) and
-    learns how much to enhance / suppress; it is differentiable in ``p``, so stage 2's loss trains stage 1 (joint
-    optimisation, steps I and J).
-
-    Args:
-        conv_op: nn.Conv2d or nn.Conv3d.
-        image_channels: channels of ``x`` (the network input).
-        hidden_channels, kernel_size: size of ``h``.
-    Shapes: ``x`` (B, image_channels, *S), ``p`` (B, 1, *S) in [0, 1] -> (B, image_channels, *S).
-    """
-
-    def __init__(self, conv_op, image_channels: int, hidden_channels: int = 8, kernel_size: int = 3):
-        super().__init__()
-        pad = kernel_size // 2
-        self.transform = nn.Sequential(conv_op(1, hidden_channels, kernel_size, padding=pad),
-                                       nn.LeakyReLU(0.01, inplace=True),
-                                       conv_op(hidden_channels, image_channels, kernel_size, padding=pad))
-        nn.init.zeros_(self.transform[-1].weight)
-        nn.init.zeros_(self.transform[-1].bias)
-
-    def forward(self, x: torch.Tensor, organ_probability: torch.Tensor) -> torch.Tensor:
-        return x * (1 + torch.tanh(self.transform(organ_probability)))
 
 
 class ChannelAttention(nn.Module):

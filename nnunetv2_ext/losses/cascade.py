@@ -4,14 +4,16 @@ Tumour maps are logits ``(B, 1, *S)`` (2d or 3d); targets are binary tumour mask
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_ext.cascade.crop import crop_with_padding
-from nnunetv2_ext.cascade.modules import CascadeAuxiliary, resize_to
+from nnunetv2_ext.two_stage.crop import crop_with_padding, resize_to
+
+if TYPE_CHECKING:  # the loss needs only the tensors the network recorded
+    from nnunetv2_ext.networks.cascade_tumour import CascadeAuxiliary
 
 
 def _spatial_axes(x: torch.Tensor):
@@ -100,7 +102,7 @@ class CascadeTumorLoss(nn.Module):
         self.window = window
         self.last_terms = {}
 
-    def forward(self, logits: torch.Tensor, auxiliary: CascadeAuxiliary, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, auxiliary: "CascadeAuxiliary", target: torch.Tensor) -> torch.Tensor:
         if auxiliary is None:
             raise RuntimeError("CascadeTumorLoss needs the network's auxiliary outputs; set record_auxiliary=True")
         organ_target = (target > 0).to(target.dtype)

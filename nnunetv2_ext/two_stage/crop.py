@@ -1,4 +1,4 @@
-"""Crop to the organ box and paste back (stage 2 of the cascade, issue 6).
+"""Crop a box out of a tensor (padding outside), resample it to the second stage's input size, and paste back.
 
 Conventions: tensors are ``(*leading, *spatial)`` with ``ndim`` spatial axes last (2 for 2d, 3 for 3d). A box is a
 tuple of ``(start, stop)`` per spatial axis, ``stop`` exclusive, in voxels of the tensor it was computed on. Boxes made
@@ -9,50 +9,12 @@ exactly (tested).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-Box = Tuple[Tuple[int, int], ...]
-
-
-def bounding_box(mask: torch.Tensor) -> Optional[Box]:
-    """Smallest box holding all non-zero voxels of ``mask`` (spatial axes only, no leading axes); None if empty."""
-    if not bool(mask.any()):
-        return None
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = torch.nonzero(mask.any(dim=other) if other else mask, as_tuple=False).flatten()
-        box.append((int(nz[0]), int(nz[-1]) + 1))
-    return tuple(box)
-
-
-def expand_box(box: Box, margin: Union[int, Sequence[int]], multiple_of: Sequence[int],
-               min_size: Sequence[int]) -> Box:
-    """Box grown by ``margin`` voxels on each side, then symmetrically to at least ``min_size`` and to a multiple of
-    ``multiple_of`` per axis (so that every pooling of stage 2 divides it). Not clipped to the image: the part
-    outside is padded by :func:`crop_with_padding`."""
-    margins = [margin] * len(box) if isinstance(margin, int) else list(margin)
-    if len(margins) != len(box) or len(multiple_of) != len(box) or len(min_size) != len(box):
-        raise ValueError(f"box {box}, margin {margin}, multiple_of {multiple_of} and min_size {min_size} must have "
-                         f"one entry per spatial axis")
-    out = []
-    for (lo, hi), m, mult, mn in zip(box, margins, multiple_of, min_size):
-        if m < 0:
-            raise ValueError(f"crop margin must be >= 0, got {margin}")
-        lo, hi = lo - m, hi + m
-        size = max(hi - lo, mn)
-        size = -(-size // mult) * mult
-        extra = size - (hi - lo)
-        lo -= extra // 2
-        out.append((lo, lo + size))
-    return tuple(out)
-
-
-def whole_box(spatial_shape: Sequence[int]) -> Box:
-    return tuple((0, int(s)) for s in spatial_shape)
+from nnunetv2_ext.two_stage.boxes import Box, bounding_box, expand_box, whole_box  # noqa: F401 (re-exported)
 
 
 def _inside(box: Box, spatial_shape: Sequence[int]):
@@ -87,3 +49,22 @@ def paste_crop(crop: torch.Tensor, box: Box, spatial_shape: Sequence[int], fill:
     out = crop.new_full((*crop.shape[:-nd], *spatial_shape), fill)
     out[(Ellipsis, *src)] = crop[(Ellipsis, *dst)]
     return out
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(Bi/tri)linear resize of ``(B, C, *spatial)`` to ``size`` (align_corners=False); no-op if it already matches."""
+    if tuple(x.shape[2:]) == tuple(int(s) for s in size):
+        return x
+    mode = "trilinear" if x.ndim == 5 else "bilinear"
+    return F.interpolate(x, size=tuple(int(s) for s in size), mode=mode, align_corners=False)
+
+
+def crop_and_resize(x: torch.Tensor, box: Box, out_size: Sequence[int], pad_value: float = 0.0) -> torch.Tensor:
+    """``x[..., box]`` (padded outside ``x``) resampled linearly to ``out_size``; ``x`` is (B, C, *S)."""
+    return resize_to(crop_with_padding(x, box, pad_value), out_size)
+
+
+def resize_and_paste(crop: torch.Tensor, box: Box, spatial_shape: Sequence[int], fill: float) -> torch.Tensor:
+    """Inverse of :func:`crop_and_resize`: ``crop`` (B, C, *out) resampled to the box's size and pasted into a
+    (B, C, *spatial_shape) tensor filled with ``fill`` elsewhere."""
+    return paste_crop(resize_to(crop, [hi - lo for lo, hi in box]), box, spatial_shape, fill)

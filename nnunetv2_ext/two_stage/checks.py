@@ -1,4 +1,5 @@
-"""Checks that a dataset suits the cascade (organ label 1 with tumour label 2 inside it), run before training."""
+"""Checks that a dataset suits an organ -> tumour two-stage method (organ label 1 with tumour label 2 inside it), run
+before training."""
 from __future__ import annotations
 
 from typing import List

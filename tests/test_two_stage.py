@@ -1,17 +1,20 @@
 """Unit tests of the cascade tumour variant (issue 6): crop/paste, modules, losses, steps, input checks."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunetv2_ext.cascade.checks import check_cascade_labels, check_tumour_inside_organ
-from nnunetv2_ext.cascade.crop import bounding_box, crop_with_padding, expand_box, paste_crop
-from nnunetv2_ext.cascade.losses import (CascadeTumorLoss, bce_iou_loss, boundary_weight, stage2_loss,
+from nnunetv2_ext.losses.cascade import (CascadeTumorLoss, bce_iou_loss, boundary_weight, stage2_loss,
                                          weighted_bce_iou_loss)
-from nnunetv2_ext.cascade.modules import (CascadeTumorNet, ContextExplorationBlock, FocusModule, LocalisationModule,
-                                          PlansOps, SalientChangeModule, TumourStageNet)
-from nnunetv2_ext.cascade.steps import STEP_I, STEP_J, STEP_S, step_boundaries, step_for_epoch
+from nnunetv2_ext.networks.cascade_tumour import (CascadeTumorNet, ContextExplorationBlock, FocusModule,
+                                                  LocalisationModule, PlansOps, TumourStageNet)
+from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
+from nnunetv2_ext.two_stage.crop import bounding_box, crop_with_padding, expand_box, paste_crop
+from nnunetv2_ext.two_stage.prior import SalientChangeModule
+from nnunetv2_ext.two_stage.steps import STEP_I, STEP_J, STEP_S, step_boundaries, step_for_epoch
 
 
 def _unet(dim, in_ch=1, out_ch=2):
@@ -269,3 +272,77 @@ def test_tumour_inside_organ_check():
     organ_only = np.where(inside == 2, 1, inside)
     with pytest.raises(ValueError, match="no training case contains tumour"):
         check_tumour_inside_organ(_FakeDataset({"a": organ_only}), ["a"], "D")
+
+
+# ------------------------------------------------------------------ shared two-stage API (boxes, prior, schedule)
+def test_fit_box_to_patch_magnifies_small_boxes_keeping_aspect():
+    from nnunetv2_ext.two_stage.boxes import fit_box_to_patch
+    box, out, zoom = fit_box_to_patch(((10, 20), (30, 35)), (40, 40), max_zoom=8)
+    assert zoom == 4 and out == (40, 40) and box == ((10, 20), (28, 38))  # 5 -> 10 voxels, centred
+    box, out, zoom = fit_box_to_patch(((0, 4), (0, 4)), (40, 40), max_zoom=2)  # capped: grows to 20 x 20
+    assert zoom == 2 and out == (40, 40) and [hi - lo for lo, hi in box] == [20, 20]
+    box, out, zoom = fit_box_to_patch(((0, 60), (0, 10)), (40, 40))  # larger than the patch: not shrunk
+    assert zoom == 1 and out == (60, 40) and box[0] == (0, 60)
+
+
+def test_case_boxes_per_slice_and_per_volume_with_mm():
+    from nnunetv2_ext.two_stage.boxes import case_boxes, format_box, margin_in_mm
+    mask = torch.zeros(6, 10, 12, dtype=torch.bool)
+    mask[2, 3:5, 4:9] = True
+    mask[3, 1:2, 6:7] = True
+    per_slice = case_boxes(mask, 2, spacing=(3.0, 0.5, 0.5))
+    assert per_slice.found and per_slice.boxes == {2: ((3, 5), (4, 9)), 3: ((1, 2), (6, 7))}
+    assert per_slice.union == ((2, 4), (1, 5), (4, 9)) and per_slice.union_mm == (6.0, 2.0, 2.5)
+    volume = case_boxes(mask, 3)
+    assert volume.boxes == {None: ((2, 4), (1, 5), (4, 9))}
+    assert not case_boxes(torch.zeros(4, 4, 4), 3).found
+    assert margin_in_mm(8, (0.8, 0.8)) == (6.4, 6.4) and "mm" in format_box(volume.union, (3.0, 0.5, 0.5))
+
+
+def test_margin_checks():
+    from nnunetv2_ext.two_stage.boxes import check_margin_leaves_room, grow_box, normalise_margin
+    assert normalise_margin(3, 2) == (3, 3) and grow_box(((5, 6),), 2) == ((3, 8),)
+    for bad in (-1, (1, 2, 3), 1.5, True):
+        with pytest.raises(ValueError, match="crop margin"):
+            normalise_margin(bad, 2)
+    assert check_margin_leaves_room(8, (48, 48), (16, 16)) == (8, 8)
+    with pytest.raises(ValueError, match=r"no room .* largest K per axis: \(16, 16\)"):
+        check_margin_leaves_room(17, (48, 48), (16, 16))
+
+
+def test_crop_and_resize_round_trip_on_constant_and_shapes():
+    from nnunetv2_ext.two_stage.crop import crop_and_resize, resize_and_paste
+    x = torch.full((1, 2, 12, 10), 3.0)
+    crop = crop_and_resize(x, ((2, 8), (1, 6)), (24, 20))
+    assert crop.shape == (1, 2, 24, 20) and torch.allclose(crop, torch.full_like(crop, 3.0))
+    back = resize_and_paste(crop, ((2, 8), (1, 6)), (12, 10), fill=-1.0)
+    assert torch.allclose(back[..., 2:8, 1:6], torch.full((1, 2, 6, 5), 3.0)) and (back[..., :2, :] == -1).all()
+
+
+def test_saliency_weighted_and_concat_form():
+    from nnunetv2_ext.two_stage.prior import saliency_weighted
+    x, w = torch.ones(2, 1, 4, 4) * 2, torch.full((2, 1, 4, 4), 0.5)
+    assert torch.equal(saliency_weighted(x, w), torch.ones(2, 1, 4, 4))
+    both = saliency_weighted(x, w, concat_image=True)
+    assert both.shape == (2, 2, 4, 4) and torch.equal(both[:, 1:], x)
+    scm = SalientChangeModule(nn.Conv2d, 1, concat_image=True)
+    assert scm.out_channels == 2 and scm(x, w).shape == (2, 2, 4, 4)
+    with pytest.raises(ValueError, match="does not fit"):
+        saliency_weighted(x, torch.ones(2, 1, 3, 4))
+
+
+def test_generic_schedule_three_named_steps():
+    from nnunetv2_ext.two_stage.steps import StepSchedule, TrainingStep
+    gt_separate = TrainingStep("1", prior_enabled=True, joint=False, reference_boxes=True)
+    gt_joint = TrainingStep("2", prior_enabled=True, joint=True, reference_boxes=True)
+    predicted = TrainingStep("3", prior_enabled=True, joint=True, reference_boxes=False)
+    schedule = StepSchedule((gt_separate, gt_joint, predicted), (0.2, 0.3))
+    assert schedule.starts(10) == (0, 2, 5)
+    assert [schedule.step_for_epoch(e, 10).name for e in range(10)] == list("1122233333")
+    assert schedule.describe(10) == "1 epochs [0, 2), 2 [2, 5), 3 [5, 10)"
+    with pytest.raises(ValueError, match="joint"):
+        TrainingStep("x", prior_enabled=False, joint=True, reference_boxes=True)
+    with pytest.raises(ValueError, match="fractions"):
+        StepSchedule((gt_separate, predicted), (0.2, 0.3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        schedule.fractions = (0.5, 0.5)

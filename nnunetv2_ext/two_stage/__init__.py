@@ -1,0 +1,45 @@
+"""Parts shared by two-stage (organ -> target) methods: the cascade tumour variant (Qiu et al. 2024,
+:mod:`nnunetv2_ext.networks.cascade_tumour`) and the coarse-to-fine scheme (Liu et al.). Trainer-free; unit-tested
+without nnU-Net.
+
+Shared API (keep it stable; additive changes only, announced in commit messages starting "two_stage:"):
+
+``boxes`` (geometry, no tensors needed)
+    ``Box = ((start, stop), ...)`` per spatial axis, stop exclusive, voxels of the array it was computed on; boxes may
+    reach outside the array (crops pad that part). ``crop_ndim``: 2 = one box per slice (axes Y, X of a (Z, Y, X)
+    case, nnU-Net 2d), 3 = one box per case.
+    ``bounding_box(mask) -> Box | None``; ``grow_box(box, K)``; ``normalise_margin(K, ndim)`` (K voxels, int or one
+    per axis, >= 0, else ValueError); ``fit_box_to_patch(box, patch_size, max_zoom) -> (box, out_size, zoom)`` (box
+    grown to the patch's aspect, zoom >= 1 that maps it onto the patch: small organs are magnified);
+    ``case_boxes(mask, crop_ndim, spacing) -> CaseBoxes`` (the boxes of a WHOLE case's mask, per slice or per
+    volume, with the union box and its extent in mm); ``box_in_mm``, ``margin_in_mm``, ``format_box`` (logs);
+    ``check_margin_leaves_room(K, patch_size, min_room)`` (bad-input check).
+
+``crop`` (torch, differentiable, tensors ``(*leading, *spatial)``)
+    ``crop_with_padding(x, box, pad_value)``; ``paste_crop(crop, box, spatial_shape, fill)``;
+    ``resize_to(x (B, C, *S), size)`` (linear); ``crop_and_resize(x, box, out_size)`` and its inverse
+    ``resize_and_paste(crop, box, spatial_shape, fill)``.
+
+``prior``
+    ``saliency_weighted(image, weight, concat_image=False)`` (multiply, optionally append the original image: the
+    coarse-to-fine Eq. 9 form); ``SalientChangeModule(conv_op, image_channels, concat_image=False)``: learned weight
+    ``1 + tanh(h(p))`` from a stage-1 probability map ``p`` (B, 1, *S), identity at initialisation, ``out_channels``.
+
+``steps``
+    ``TrainingStep(name, prior_enabled, joint, reference_boxes)`` (frozen); ``StepSchedule(steps, fractions)``
+    (frozen, validated; the last step takes the rest of ``num_epochs``): ``starts(num_epochs)``,
+    ``step_for_epoch(epoch, num_epochs)``, ``describe(num_epochs)``. The cascade's S / I / J:
+    ``CASCADE_SCHEDULE`` / ``cascade_schedule(separate_fraction, joint_reference_fraction)``.
+
+``checks``
+    ``check_cascade_labels(label_manager, dataset_name)`` (labels exactly 0 / 1 organ / 2 tumour),
+    ``check_tumour_inside_organ(dataset, identifiers, dataset_name)`` (reads nnU-Net's stored class locations).
+"""
+from nnunetv2_ext.two_stage.boxes import (Box, CaseBoxes, bounding_box, box_in_mm, case_boxes,  # noqa: F401
+                                          check_margin_leaves_room, fit_box_to_patch, format_box, grow_box,
+                                          margin_in_mm, normalise_margin, whole_box)
+from nnunetv2_ext.two_stage.crop import (crop_and_resize, crop_with_padding, paste_crop, resize_and_paste,  # noqa
+                                         resize_to)
+from nnunetv2_ext.two_stage.prior import SalientChangeModule, saliency_weighted  # noqa: F401
+from nnunetv2_ext.two_stage.steps import (CASCADE_SCHEDULE, STEP_I, STEP_J, STEP_S, StepSchedule,  # noqa: F401
+                                          TrainingStep, cascade_schedule)
