@@ -20,7 +20,8 @@ Conventions (see docs/evaluation.md, "Conventions"):
   ``compute_hausdorff_distance(percentile=95)``, and the structure of DeepMind's ``compute_robust_hausdorff``), or
   the 95th percentile of both directions pooled (``"pooled"``: MedPy's ``hd95``, which stacks both directed
   distance lists before ``numpy.percentile``). ASSD = mean of all distances of both directions pooled (MONAI's
-  symmetric ``compute_average_surface_distance``; MedPy's ``assd`` averages the two directed means instead).
+  symmetric ``compute_average_surface_distance`` and MedPy 0.5's ``assd``; MedPy 0.4 averaged the two
+  directed means instead).
 * Empty masks: HD95 and ASSD are undefined (NaN, counted and listed, never averaged in) when either mask is empty;
   a *missed* structure (empty prediction, non-empty reference) is flagged so that it shows in worst-case lists.
   ``hd_penalty`` applies the challenges' convention instead: one mask empty -> the penalty (a number of mm, e.g.
