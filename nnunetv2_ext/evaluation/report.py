@@ -295,7 +295,17 @@ def _markdown_evaluation(result: EvaluationResult, name: str, metrics: Sequence[
     if result.skipped:
         text.append("## Skipped cases\n")
         text += [f"- {c}: {reason}" for c, reason in sorted(result.skipped.items())]
+    text.append(_settings_line(result))
     return "\n".join(text) + "\n"
+
+
+def _settings_line(result: EvaluationResult) -> str:
+    """How the values were computed and by which software (also in the JSON's settings)."""
+    st = result.settings
+    versions = ", ".join(f"{k} {v}" for k, v in st.get("versions", {}).items())
+    return (f"\nSettings: NSD {st.get('nsd_method')} weighting, tolerance {st.get('nsd_tolerance_mm')} mm"
+            f"{', preset ' + st['nsd_preset'] if st.get('nsd_preset') else ''}; HD95 {st.get('hd95_method')}; "
+            f"HD95/ASSD penalty {st.get('hd_penalty')}. Software: {versions}.\n")
 
 
 def plot_comparison(results: Mapping[str, EvaluationResult], path: str, metrics: Sequence[str] = DEFAULT_PLOT_METRICS,
@@ -379,6 +389,7 @@ def write_comparison_report(results: Mapping[str, EvaluationResult], output_fold
         plot_comparison(results, png, [m for m in plot_metrics if m in METRICS], spec.key, cases)
         paths[f"png_{spec.key}"] = png
         text.append(f"![per-case values, label {spec.name}]({os.path.basename(png)})\n")
+    text.append(_settings_line(first))
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write("\n".join(text))
     return paths
