@@ -13,3 +13,4 @@ class nnUNetTrainerTiny(TinyTrainingMixin, nnUNetTrainer):
 from nnunetv2_ext.trainers.loss_trainers import *  # noqa
 from nnunetv2_ext.trainers.pnss_hess import *  # noqa: E402,F401,F403
 from nnunetv2_ext.trainers.cascade_trainers import *  # noqa
+from nnunetv2_ext.trainers.coarse_to_fine import *  # noqa

@@ -16,8 +16,10 @@ Algorithm 1 (one input, binary organ):
     return P_t of the last round
 
 ``tol`` (paper: 0.99) and ``T_max`` (paper: 10) are :class:`StoppingRule`. Counting: ``iterations`` = fine rounds run
-(0 when the coarse stage found nothing); ``converged`` = the last round reached ``tol`` (an input whose coarse mask is
-empty counts as converged: there is nothing left to refine; one whose fine mask turns empty stops unconverged).
+(0 when the coarse stage found nothing); ``converged`` = the last round reached ``tol``. An empty mask is a fixed point
+of the loop (no box, so the next round would change nothing: RDSC 1, as RSTN, which skips rounds without a mask):
+an input whose coarse mask is empty counts as converged with 0 rounds, one whose fine mask turns empty at round t
+stops there, converged (``stopped_empty`` records it; the fine stage removed the coarse stage's false positive).
 
 Case aggregation (:meth:`IterationLog.case_summary`): a case is all inputs between two :meth:`IterationLog.start_case`
 calls (in 2d: its slices, times the test-time mirroring passes). Its ``iterations`` is the largest number of rounds
@@ -112,8 +114,8 @@ def iterate_fine_stage(probability: torch.Tensor, mask: torch.Tensor, output: to
         record.converged = rule.converged(rdsc)
         if record.converged:
             break
-        if not bool(mask.any()):
-            record.stopped_empty = True
+        if not bool(mask.any()):  # fixed point: no box, the next round would return the same empty mask
+            record.stopped_empty = record.converged = True
             break
     return output, record
 

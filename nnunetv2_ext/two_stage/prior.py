@@ -42,14 +42,16 @@ class SalientChangeModule(nn.Module):
         hidden_channels, kernel_size: size of ``h``.
         concat_image: append the original image to the weighted one (coarse-to-fine's Eq. 9 form);
             :attr:`out_channels` tells the second stage its input width.
-    Shapes: ``x`` (B, image_channels, *S), ``p`` (B, 1, *S) in [0, 1] -> (B, out_channels, *S).
+        map_channels: channels of ``p`` (default 1, a stage-1 probability map; the MLN's guidance module feeds its
+            region and boundary saliency maps, :mod:`nnunetv2_ext.networks.mln`).
+    Shapes: ``x`` (B, image_channels, *S), ``p`` (B, map_channels, *S) in [0, 1] -> (B, out_channels, *S).
     """
 
     def __init__(self, conv_op, image_channels: int, hidden_channels: int = 8, kernel_size: int = 3,
-                 concat_image: bool = False):
+                 concat_image: bool = False, map_channels: int = 1):
         super().__init__()
         pad = kernel_size // 2
-        self.transform = nn.Sequential(conv_op(1, hidden_channels, kernel_size, padding=pad),
+        self.transform = nn.Sequential(conv_op(map_channels, hidden_channels, kernel_size, padding=pad),
                                        nn.LeakyReLU(0.01, inplace=True),
                                        conv_op(hidden_channels, image_channels, kernel_size, padding=pad))
         nn.init.zeros_(self.transform[-1].weight)
