@@ -103,6 +103,7 @@ setup(
             "nnunetv2_ext_convert_lits=nnunetv2_ext.dataset_conversion.lits:main",
             "nnunetv2_ext_convert_msd=nnunetv2_ext.dataset_conversion.msd:main",
             "nnunetv2_ext_convert_flare22=nnunetv2_ext.dataset_conversion.flare22:main",
+            "nnunetv2_ext_pnss_schedule=nnunetv2_ext.sampling.schedule_cli:main",
         ])
     },
 )

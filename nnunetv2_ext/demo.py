@@ -1,14 +1,19 @@
-"""The README demo: plain nnU-Net against PNSS/HESS on the synthetic phantom, on the CPU, in minutes.
+"""The README demo: plain nnU-Net against PNSS/HESS on the realistic phantom, through nnU-Net's full pipeline.
 
-Steps (all through nnU-Net's own commands, in a work folder of its own):
+Steps (all nnU-Net's own commands, in a work folder of its own; see :mod:`nnunetv2_ext.pipeline`):
 
-1. write the phantom (20 training cases 40x64x64 incl. 5 hard ones, 5 held-out test cases);
+1. write the realistic phantom (24 training cases incl. 6 hard ones, 12 held-out cases incl. 3 hard ones);
 2. ``nnUNetv2_plan_and_preprocess -c 2d``;
 3. ``nnUNetv2_train ... 2d 0`` with ``nnUNetTrainerDemo`` (plain nnU-Net, small network) and
-   ``nnUNetTrainerPNSSHESSDemo`` (the same plus PNSS/HESS), 2 augmentation workers;
-4. ``nnUNetv2_predict`` on the held-out cases (no test-time mirroring: CPU);
-5. a table of mean ± std [min, max] DSC, precision and recall per trainer (the paper's format, computed with
-   :mod:`nnunetv2_ext.evaluation`), each trainer's wall time, and the hard test cases' DSC.
+   ``nnUNetTrainerPNSSHESSDemo`` (the same network and iteration budget plus PNSS/HESS with its defaults), with 2
+   augmentation workers; their epoch lines are shown as they come;
+4. ``nnUNetv2_find_best_configuration`` per trainer (the postprocessing nnU-Net chooses on fold 0's validation
+   cases), ``nnUNetv2_predict`` of the held-out cases (no test-time mirroring), ``nnUNetv2_apply_postprocessing``;
+5. for raw and postprocessed predictions: DSC mean ± std [min, max], worst-10 %, precision, recall, HD95, connected
+   components per case, the paired difference with its bootstrap interval, wall times, and the hard cases' DSC.
+
+The work folder is created by the demo and marked as such; an existing folder the demo did not create is never
+touched (the demo stops with exit code 2).
 """
 from __future__ import annotations
 
@@ -16,78 +21,95 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
 from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+from nnunetv2_ext.pipeline import Pipeline, comparison_markdown, flatten, nnunet_env
 
 DATASET_ID = 990
+DATASET = f"Dataset{DATASET_ID:03d}_Phantom"
 TRAINERS = ("nnUNetTrainerDemo", "nnUNetTrainerPNSSHESSDemo")
+MARKER = ".nnunetv2_ext_demo"
+OWN = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "pred", "flat", "demo_log.txt", "demo_results.md")
 
 
-def _run(args, env, log_path):
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n$ {' '.join(map(str, args))}\n")
-        log.flush()
-        p = subprocess.run([str(a) for a in args], env=env, stdout=log, stderr=subprocess.STDOUT)
-    if p.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-4000:]
-        sys.exit(f"command failed ({p.returncode}): {' '.join(map(str, args))}\n--- end of {log_path} ---\n{tail}")
+def prepare_work_dir(work: str) -> bool:
+    """Creates ``work`` (or empties what an earlier demo run left in it); False, touching nothing, for any other
+    existing non-empty folder."""
+    if os.path.exists(work) and (not os.path.isdir(work) or
+                                 (os.listdir(work) and not os.path.isfile(os.path.join(work, MARKER)))):
+        return False
+    os.makedirs(work, exist_ok=True)
+    for name in OWN:
+        path = os.path.join(work, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    open(os.path.join(work, MARKER), "w").close()
+    return True
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Train plain nnU-Net and nnUNetTrainerPNSSHESS briefly on the synthetic "
-                                            "phantom (CPU) and compare them on held-out cases.")
-    p.add_argument("--work-dir", default="demo_output", help="folder for nnUNet_raw/preprocessed/results (replaced)")
-    p.add_argument("--processes", type=int, default=2, help="augmentation workers (nnUNet_n_proc_DA)")
+    p = argparse.ArgumentParser(prog="nnUNetv2_ext_demo",
+                                description="Train plain nnU-Net and nnUNetTrainerPNSSHESS at the same budget on the "
+                                            "realistic phantom and compare them on held-out cases, raw and after "
+                                            "nnU-Net's postprocessing.")
+    p.add_argument("--work-dir", default="demo_output",
+                   help="folder for nnUNet_raw/preprocessed/results and predictions; created by the demo (a folder "
+                        "it did not create is refused), reused by later demo runs (default demo_output)")
+    p.add_argument("--processes", type=int, default=2, help="augmentation workers, nnUNet_n_proc_DA (default 2)")
+    p.add_argument("-device", choices=("cpu", "cuda", "mps"), default="cpu",
+                   help="device for training and prediction, as nnUNetv2_train's -device (default cpu)")
     a = p.parse_args(argv)
+    if a.processes < 0:
+        p.exit(2, f"{p.prog}: error: --processes must be >= 0, got {a.processes}\n")
     if hasattr(sys.stdout, "reconfigure"):  # the table has '±': never crash on an ASCII-only locale
         sys.stdout.reconfigure(errors="backslashreplace")
-
     work = os.path.abspath(a.work_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for d in dirs.values():
-        os.makedirs(d)
-    env = dict(os.environ, **dirs, nnUNet_n_proc_DA=str(a.processes), nnUNet_def_n_proc=str(a.processes))
-    os.environ.update(dirs)
+    if not prepare_work_dir(work):
+        p.exit(2, f"{p.prog}: error: --work-dir {work} exists, is not empty and was not created by the demo; "
+                  f"choose another folder (nothing was changed)\n")
+    env = nnunet_env(work, a.processes)
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     log = os.path.join(work, "demo_log.txt")
+    pipe = Pipeline(work, DATASET_ID, env, log, echo=lambda line: print(line, flush=True))
     t_start = time.time()
 
-    cfg = PhantomConfig(num_cases=20, num_test=5, shape=(40, 64, 64))
-    raw = write_phantom_dataset(DATASET_ID, cfg, dirs["nnUNet_raw"])
-    print(f"[demo] phantom written to {raw}; preprocessing (log: {log})", flush=True)
-    _run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", a.processes], env, log)
+    raw = write_phantom_dataset(DATASET_ID, PhantomConfig.realistic(num_cases=24, num_test=12, shape=(40, 64, 64)),
+                                env["nnUNet_raw"])
+    print(f"[demo] phantom written to {raw}; preprocessing (full log: {log})", flush=True)
+    pipe.run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", max(1, a.processes)])
 
-    wall = {}
+    minutes = {}
     for trainer in TRAINERS:
-        print(f"[demo] training {trainer} on CPU ...", flush=True)
-        t0 = time.time()
-        _run(["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", trainer, "-device", "cpu"], env, log)
-        pred = os.path.join(work, f"pred_{trainer}")
-        _run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", DATASET_ID, "-c", "2d",
-              "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env, log)
-        wall[trainer] = time.time() - t0
+        print(f"[demo] training {trainer} on {a.device} ...", flush=True)
+        seconds = pipe.train(trainer, 0, a.device)
+        print(f"[demo] {trainer}: postprocessing choice (find_best_configuration), prediction", flush=True)
+        pp_file = pipe.postprocessing_file(DATASET, trainer, [0])
+        seconds += pipe.predict_and_postprocess(DATASET, trainer, 0, os.path.join(raw, "imagesTs"), pp_file,
+                                                os.path.join(work, "pred", trainer, "raw"),
+                                                os.path.join(work, "pred", trainer, "pp"), a.device)
+        minutes[trainer] = seconds / 60
 
-    from nnunetv2_ext.evaluation import compare_folders, format_markdown_table
-    results = compare_folders(os.path.join(raw, "labelsTs"), [os.path.join(work, f"pred_{t}") for t in TRAINERS],
-                              names=list(TRAINERS), dataset_json=os.path.join(raw, "dataset.json"),
-                              num_processes=1, progress=False)
     cases = json.load(open(os.path.join(raw, "phantom_cases.json")))["cases"]
     hard = {c["name"]: c["kind"] for c in cases if c["split"] == "test" and c["hard"]}
-
-    print("\n## Held-out phantom cases (2d, fold 0 model), mean ± std [min, max] in %\n")
-    print(format_markdown_table(results, metrics=("DSC", "precision", "recall")))
-    print("| Trainer | wall time (train + predict) | " + " | ".join(f"DSC {c} ({k})" for c, k in hard.items()) + " |")
-    print("|---|---|" + "---|" * len(hard))
-    for t in TRAINERS:
-        dsc = {c: results[t].values("DSC", cases=[c])[0] for c in hard}
-        print(f"| {t} | {wall[t]:.0f} s | " + " | ".join(f"{100 * v:.1f}" for v in dsc.values()) + " |")
-    fold = os.path.join(dirs["nnUNet_results"], os.path.basename(raw), f"{TRAINERS[1]}__nnUNetPlans__2d", "fold_0")
-    print(f"\nPNSS/HESS per-epoch record: {os.path.join(fold, 'sampling_log.json')} and sampling_progress.png")
-    print(f"[demo] done in {time.time() - t_start:.0f} s")
+    ref = flatten({"f0": os.path.join(raw, "labelsTs")}, os.path.join(work, "flat", "ref"))
+    parts = []
+    for kind, title in (("raw", "raw predictions (nnUNetv2_predict)"),
+                        ("pp", "after nnU-Net's postprocessing (find_best_configuration + apply_postprocessing)")):
+        flat = {t: flatten({"f0": os.path.join(work, "pred", t, kind)}, os.path.join(work, "flat", kind, t))
+                for t in TRAINERS}
+        parts += [f"\n## 12 held-out phantom cases, fold 0 models, {title}\n",
+                  comparison_markdown(ref, flat, os.path.join(raw, "dataset.json"), minutes, hard, ["f0"])]
+    fold = os.path.join(pipe.model_folder(DATASET, TRAINERS[1]), "fold_0")
+    parts.append(f"\nPNSS/HESS per-epoch record: {os.path.join(fold, 'sampling_log.json')} and "
+                 f"sampling_progress.png\n[demo] done in {(time.time() - t_start) / 60:.1f} min")
+    text = "\n".join(parts)
+    with open(os.path.join(work, "demo_results.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

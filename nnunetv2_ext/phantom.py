@@ -6,7 +6,14 @@ the volume, with negative slices at both ends, as in abdominal CT. A known subse
 
 - ``low_contrast``: the organ is barely brighter than the surrounding tissue;
 - ``atypical_shape``: a thin curved tube instead of an ellipsoid;
-- ``atypical_position``: the organ sits far from its usual place, next to the liver.
+- ``atypical_position``: the organ sits far from its usual place, next to the liver;
+- ``similar_neighbour`` (with ``hard_kinds=ALL_HARD_KINDS``): the duodenum-like neighbour touches the organ and has
+  the organ's intensity, so only shape and context separate them.
+
+Realism options (off by default so that existing datasets stay bit-identical; :meth:`PhantomConfig.realistic` turns
+them on, the README demo and the PNSS/HESS ablation use it): ``neighbour`` adds a duodenum-like tube along the
+organ (a few voxels away, 30 HU darker) in every case, and ``bowel_loops`` adds that many small bowel-like blobs of
+organ-like intensity anywhere in the abdomen, far slices included, as contrast-filled bowel is in real CT.
 
 Options add what other features need: ``lesions`` (a tumour, label 2, inside the organ), ``ignore_label`` (an
 "ignore" label painted over a band of slices), ``regions`` (BraTS-style region labels, needs ``lesions``).
@@ -29,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 HARD_KINDS = ("low_contrast", "atypical_shape", "atypical_position")
+ALL_HARD_KINDS = HARD_KINDS + ("similar_neighbour",)
 
 
 @dataclass
@@ -45,6 +53,12 @@ class PhantomConfig:
     hard_every: int = 4
     """Every ``hard_every``-th case (index 1, 1 + hard_every, ...) is hard; its kind cycles through HARD_KINDS."""
     noise_hu: float = 12.0
+    hard_kinds: Tuple[str, ...] = HARD_KINDS
+    """Kinds the hard cases cycle through (ALL_HARD_KINDS adds ``similar_neighbour``, which needs ``neighbour``)."""
+    neighbour: bool = False
+    """A duodenum-like tube along the organ in every case."""
+    bowel_loops: int = 0
+    """Small bowel-like blobs of organ-like intensity placed anywhere in the abdomen."""
     lesions: bool = False
     ignore_label: bool = False
     regions: bool = False
@@ -60,12 +74,24 @@ class PhantomConfig:
             raise ValueError("regions=True needs lesions=True (regions are organ+tumour and tumour)")
         if self.hard_every < 1:
             raise ValueError(f"hard_every must be >= 1, got {self.hard_every}")
+        unknown = [k for k in self.hard_kinds if k not in ALL_HARD_KINDS]
+        if unknown or not self.hard_kinds:
+            raise ValueError(f"hard_kinds must be a non-empty subset of {ALL_HARD_KINDS}, got {self.hard_kinds}")
+        if "similar_neighbour" in self.hard_kinds and not self.neighbour:
+            raise ValueError("hard kind 'similar_neighbour' needs neighbour=True")
+        if self.bowel_loops < 0:
+            raise ValueError(f"bowel_loops must be >= 0, got {self.bowel_loops}")
+
+    @classmethod
+    def realistic(cls, **kwargs) -> "PhantomConfig":
+        """All four hard kinds, the duodenum-like neighbour and 6 bowel loops (kwargs override)."""
+        return cls(**{"hard_kinds": ALL_HARD_KINDS, "neighbour": True, "bowel_loops": 6, **kwargs})
 
 
-def case_kind(index: int, hard_every: int) -> str:
+def case_kind(index: int, hard_every: int, kinds=HARD_KINDS) -> str:
     if index % hard_every != 1 % hard_every:
         return "typical"
-    return HARD_KINDS[(index // hard_every) % len(HARD_KINDS)]
+    return kinds[(index // hard_every) % len(kinds)]
 
 
 def _ellipsoid(grid, center, radii) -> np.ndarray:
@@ -86,7 +112,7 @@ def make_case(index: int, cfg: PhantomConfig) -> Tuple[np.ndarray, np.ndarray, d
     nz, ny, nx = cfg.shape
     grid = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
     zz, yy, xx = grid
-    kind = case_kind(index, cfg.hard_every)
+    kind = case_kind(index, cfg.hard_every, cfg.hard_kinds)
 
     img = np.full(cfg.shape, -1000.0, dtype=np.float32)
     body = ((yy - ny * 0.5) / (ny * 0.42)) ** 2 + ((xx - nx * 0.5) / (nx * 0.46)) ** 2 <= 1.0
@@ -120,6 +146,9 @@ def make_case(index: int, cfg: PhantomConfig) -> Tuple[np.ndarray, np.ndarray, d
         organ = _ellipsoid(grid, center, (rz, ry, rx))
     if kind == "low_contrast":
         organ_hu = 52.0
+    if cfg.neighbour or cfg.bowel_loops:  # a separate stream: the draws above stay those of the plain phantom
+        _add_neighbours(img, grid, organ, center, (rz, ry, rx), organ_hu, soft, kind, cfg,
+                        np.random.default_rng([cfg.seed, index, 1]))
     img[organ] = organ_hu
     img += _smooth_noise(rng, cfg.shape, cfg.noise_hu)
     img[~body] = -1000.0 + rng.normal(0, 5, size=int((~body).sum()))
@@ -148,6 +177,43 @@ def make_case(index: int, cfg: PhantomConfig) -> Tuple[np.ndarray, np.ndarray, d
         "num_slices": nz,
     }
     return img.astype(np.float32), label, info
+
+
+def _add_neighbours(img, grid, organ, center, radii, organ_hu, soft, kind, cfg, rng) -> None:
+    """Paints the duodenum-like neighbour and the bowel loops (organ voxels are painted over them afterwards)."""
+    zz, yy, xx = grid
+    nz, ny, nx = cfg.shape
+    rz, ry, rx = radii
+    free = soft & (img < 60)  # plain soft tissue: liver, kidneys and spine are never painted over
+    near = organ.copy()
+    if cfg.neighbour:
+        # a tube bending around the organ's lateral end, 2 voxels away (touching for 'similar_neighbour')
+        touching = kind == "similar_neighbour"
+        gap = 0.0 if touching else 2.5
+        t = np.linspace(-1, 1, 120)
+        angle = t * 1.2
+        cy, cx = center[1], center[2] + rx * 0.55
+        reach_y, reach_x = ry + gap + 2.0, rx * 0.45 + gap + 2.0
+        curve = np.stack([center[0] + t * rz * 0.9, cy + reach_y * np.sin(angle), cx + reach_x * np.cos(angle)], 1)
+        tube = np.zeros(cfg.shape, bool)
+        for p in curve:
+            tube |= ((zz - p[0]) / 1.5) ** 2 + ((yy - p[1]) / 2.0) ** 2 + ((xx - p[2]) / 2.0) ** 2 <= 1.0
+        tube &= free
+        img[tube] = organ_hu + rng.normal(0, 2) if touching else organ_hu - 30.0 + rng.normal(0, 3)
+        near |= tube
+    from scipy.ndimage import binary_dilation
+    keep_out = binary_dilation(near, iterations=3)
+    placed = 0
+    for _ in range(50 * cfg.bowel_loops):
+        if placed == cfg.bowel_loops:
+            break
+        c = np.array([rng.uniform(1, nz - 2), rng.uniform(0.25, 0.75) * ny, rng.uniform(0.2, 0.8) * nx])
+        blob = _ellipsoid(grid, c, (rng.uniform(1.2, 2.0), rng.uniform(1.8, 3.2), rng.uniform(1.8, 3.2)))
+        if not blob.any() or (blob & keep_out).any() or not free[tuple(np.round(c).astype(int))]:
+            continue
+        img[blob & free] = organ_hu - 10.0 + rng.normal(0, 8)
+        keep_out |= blob
+        placed += 1
 
 
 def _labels_json(cfg: PhantomConfig) -> Tuple[dict, Optional[list]]:

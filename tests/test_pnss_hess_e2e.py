@@ -1,7 +1,9 @@
 """PNSS/HESS end to end through nnU-Net's own commands, with 2 augmentation workers.
 
-- 2d: nnUNetTrainerPNSSHESSTiny is killed after two epochs and continued with --c; what was sampled in every phase is
-  checked against the schedule and the published hard sets; find_best_configuration, ensembling and predict work;
+- 2d, the paper's epochs (passes over D^r) with a neutral budget: the training kills itself between the sampling
+  state and nnU-Net's checkpoint and is continued with --c; the log is checked against an independently computed
+  epoch plan, and what was sampled in every phase against it and the published hard sets (far negatives included);
+  find_best_configuration, ensembling and predict work;
 - 3d_fullres with region-based labels and an ignore label (nnUNetTrainerPNSSTiny);
 - the real abdominal CT with its pancreas label (nnUNetTrainerHESSExactTiny: the paper's scoring pass);
 - bad parameters and data without foreground fail before training.
@@ -10,16 +12,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, REPO_ROOT, TEST_ENV, run_cmd
+from conftest import PHANTOM_ID, TEST_ENV, run_cmd
 
-from nnunetv2_ext.sampling.pnss import PNSSSchedule
+from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
+from nnunetv2_ext.sampling.slice_table import SliceTable
 
 
 def _trace(fold_dir):
@@ -29,117 +30,124 @@ def _trace(fold_dir):
     return recs, recs[starts[-1] + 1:]
 
 
-def _check_trace(records, trainer_cls, first_epoch, last_epoch):
-    """Main batches inside the PNSS selection of their epoch, mini batches = the epoch's hard units."""
+def _slice_table(nnunet_dirs, dataset_name, configuration, ids, ignore=None):
+    """The slice table of the training cases ``ids``, rebuilt independently from the cache file."""
+    pre = nnunet_dirs["nnUNet_preprocessed"] / dataset_name
+    info = json.load(open(pre / f"nnunetv2_ext_slice_info_nnUNetPlans_{configuration}.json"))
+    e = [info[f"{i}|ignore={ignore}"] for i in ids]
+    return SliceTable(list(ids), [x["num_slices"] for x in e], [x["first"] for x in e], [x["k"] for x in e],
+                      [x["positive"] for x in e])
+
+
+def _fold_ids(nnunet_dirs, dataset_name, fold=0):
+    return json.load(open(nnunet_dirs["nnUNet_preprocessed"] / dataset_name / "splits_final.json"))[fold]["train"]
+
+
+def _check_trace(records, log, table, first_epoch, last_epoch):
+    """Against the sampling log: main batches are in D^{r(e)} except the flagged far negatives (which are outside
+    it), mini batches are the epoch's hard units, and main + mini iterations are those the log reports."""
     by_epoch = {}
     for r in records:
         by_epoch.setdefault(r["epoch"], []).append(r)
     assert sorted(by_epoch) == list(range(first_epoch, last_epoch + 1))
-    n_mini_total = 0
+    n_far = n_main_samples = 0
     for epoch, recs in by_epoch.items():
+        rec = log[epoch]
         main = [r for r in recs if r["phase"] == "main"]
         mini = [r for r in recs if r["phase"] == "mini"]
         hard = [r for r in recs if r["phase"] == "hard_set"]
-        assert len(main) == trainer_cls.tiny_iterations_per_epoch
+        assert len(main) == rec["main_iterations"] and len(mini) == rec["mini_epoch_iterations"]
         assert [r["batch_index"] for r in main + mini] == sorted(r["batch_index"] for r in main + mini)
-        if trainer_cls.hess_enabled:
-            assert len(hard) == 1
-            selected = set(hard[0]["selected"])
-            assert all(set(r["units"]) <= selected for r in main), f"epoch {epoch}: unit outside the PNSS slab"
+        selected = table.selected_mask(rec["r"])
+        assert selected.sum() == rec["n_selected"]
+        for r in main:
+            units, far = np.array(r["units"]), np.array(r["far"], bool)
+            assert selected[units[~far]].all(), f"epoch {epoch}: sampled a slice outside D^r"
+            assert not selected[units[far]].any(), f"epoch {epoch}: a 'far negative' inside D^r"
+            n_far += int(far.sum())
+            n_main_samples += len(units)
+        assert len(hard) == int(rec["hess_round"])
+        if hard:
+            assert set(hard[0]["selected"]) == set(np.flatnonzero(selected).tolist())
             hard_units = set(hard[0]["units"])
             assert all(set(r["units"]) <= hard_units for r in mini), f"epoch {epoch}: replayed a non-hard unit"
-            bs = len(main[0]["units"])
-            cap = int((trainer_cls.hess_max_epoch_cost - 1) * trainer_cls.tiny_iterations_per_epoch + 1e-9)
-            assert len(mini) == min(-(-len(hard_units) // bs), cap)
-            if len(hard_units) <= cap * bs:
-                assert set(u for r in mini for u in r["units"]) == hard_units  # every hard unit replayed once
-            n_mini_total += len(mini)
         else:
-            assert not mini and not hard
-    return n_mini_total
+            assert not mini
+    return n_far, n_main_samples
 
 
 # ------------------------------------------------------------------------------------------------- 2d
 # A tiny network trained for a few CPU iterations scores every slice 0 or 1, so Eq. 8 finds no hard slice and no mini
 # epoch would run. This trainer, found through the user's own nnUNet_extTrainer folder (which our start-up hook must
-# keep), replaces only the *source* of the scores: after the real update, every 5th selected unit gets DSC 0.6 and the
-# rest 0.9, so the hard set is known. Plan publication, worker sampling, ordering and training are the real ones.
+# keep), replaces only the *source* of the scores: the exact pass gives every 5th selected unit DSC 0.6 and the rest
+# 0.9, so the hard set is known. It also kills its whole process group right after writing the sampling state of the
+# checkpoint at the end of epoch 1, before nnU-Net writes the checkpoint itself (the worst moment for --c).
 INJECTED_SCORES_TRAINER = """
+import os, signal
 import numpy as np
-from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSTiny
+from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSPassTiny
 
 
-class nnUNetTrainerPNSSHESSTinyInjected(nnUNetTrainerPNSSHESSTiny):
-    def _update_hardness(self, epoch, selected):
-        super()._update_hardness(epoch, selected)
-        units = np.flatnonzero(selected)
-        self.hardness.update(units, np.where(np.arange(len(units)) % 5 == 0, 0.6, 0.9), epoch)
+class nnUNetTrainerPNSSHESSPassTinyInjected(nnUNetTrainerPNSSHESSPassTiny):
+    def _exact_scores(self, units):
+        return units, np.where(np.arange(len(units)) % 5 == 0, 0.6, 0.9).astype(np.float32)
+
+    def _write_sampling_sidecar(self, filename):
+        super()._write_sampling_sidecar(filename)
+        if os.environ.get("KILL_AT_EPOCH") == str(self.current_epoch) and filename.endswith("checkpoint_latest.pth"):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 """
 
 
 @pytest.mark.e2e
-def test_pnsshess_2d_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_dirs, tmp_path):
-    from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSTiny as T
+def test_pnsshess_2d_paper_epochs_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_dirs, tmp_path):
+    from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSPassTiny as T
     user_trainers = tmp_path / "user_trainers"
     user_trainers.mkdir()
     (user_trainers / "injected.py").write_text(INJECTED_SCORES_TRAINER)
-    name = "nnUNetTrainerPNSSHESSTinyInjected"
+    name = "nnUNetTrainerPNSSHESSPassTinyInjected"
     results = nnunet_dirs["nnUNet_results"] / phantom_2d.name
     fold = results / f"{name}__nnUNetPlans__2d" / "fold_0"
     user_env = {"nnUNet_extTrainer": str(user_trainers)}
-    env = dict(os.environ, **TEST_ENV, **user_env)
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu", "--npz"]
 
-    # 1) train, kill hard once two epochs are on disk
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    log_file = fold / "sampling_log.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if log_file.is_file() and len(json.load(open(log_file))) >= 2:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "training ended before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = json.load(open(log_file))
+    # 1) train; the trainer kills itself between the sampling state and nnU-Net's checkpoint at the end of epoch 1
+    p = subprocess.run(cmd, env=dict(os.environ, **TEST_ENV, **user_env, KILL_AT_EPOCH="1"),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=600)
+    assert p.returncode == -signal.SIGKILL
+    before = json.load(open(fold / "sampling_log.json"))
     ckpt = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
-    resumed_at = ckpt["current_epoch"]
-    assert resumed_at >= 2 and "nnunetv2_ext_sampling" in ckpt
-    scored_in_ckpt = int(np.isfinite(ckpt["nnunetv2_ext_sampling"]["hardness"]["dsc"]).sum())
+    assert ckpt["current_epoch"] == 1 and len(before) == 1  # nnU-Net's checkpoint is still the one of epoch 0
+    sidecar = torch.load(fold / "checkpoint_latest_sampling.pt", weights_only=False)["states"]
+    assert sorted(sidecar) == [1, 2]  # the state for the checkpoint that was never written, and the one on disk
 
     # 2) continue
     run_cmd(cmd + ["--c"], env=user_env)
-    after = json.load(open(log_file))
-    assert [r["epoch"] for r in after] == list(range(T.tiny_num_epochs))
-    assert after[:resumed_at] == before[:resumed_at]  # history restored exactly
-    sched = PNSSSchedule(T.pnss_alpha, T.pnss_beta)
-    assert [r["r"] for r in after] == pytest.approx([sched.ratio(e) for e in range(T.tiny_num_epochs)])
-    assert after[0]["n_selected"] == after[0]["n_total"] > after[-1]["n_selected"] > 0
-    for key in ("epoch", "r", "n_selected", "n_total", "n_hard", "n_outliers", "mean_slice_dsc",
-                "mini_epoch_iterations"):
-        assert key in after[-1]
+    log = json.load(open(fold / "sampling_log.json"))
+    assert [r["epoch"] for r in log] == list(range(T.tiny_num_epochs))
+    assert log[:1] == before  # history restored exactly
+    table = _slice_table(nnunet_dirs, phantom_2d.name, "2d", _fold_ids(nnunet_dirs, phantom_2d.name))
+    plan = build_epoch_plan(T.sampling, T.tiny_num_epochs, T.tiny_iterations_per_epoch * T.tiny_batch_size,
+                            lambda r: int(table.selected_mask(r).sum()))
+    assert [r["r"] for r in log] == pytest.approx(plan.r.tolist())
+    assert [r["passes"] for r in log] == pytest.approx(plan.passes_before[1:].tolist(), abs=1e-3)
+    assert [r["hess_round"] for r in log] == plan.hess_round.tolist() == [False, True, True, False]
+    assert log[0]["r"] == 1 and log[-1]["r"] == 0  # the paper's epochs reach r = 0 within the 4 epochs
+    # equal budget: every mini epoch is paid for by the next epoch
+    assert sum(r["main_iterations"] + r["mini_epoch_iterations"] for r in log) == \
+        T.tiny_num_epochs * T.tiny_iterations_per_epoch
+    assert log[1]["mini_epoch_iterations"] > 0
+    assert log[2]["main_iterations"] == T.tiny_iterations_per_epoch - log[1]["mini_epoch_iterations"]
+    assert all(r["n_hard"] == len(range(0, r["n_selected"], 5)) for r in log if r["hess_round"])
     train_log = "".join(open(f).read() for f in fold.glob("training_log_*.txt"))
-    assert f"restored from checkpoint: hardness table with {scored_in_ckpt} scored units" in train_log
-    assert "PNSS/HESS: r=0.00, selected slices" in train_log
+    assert "PNSS/HESS: restored from checkpoint" in train_log and "continuing at epoch 1" in train_log
+    assert "PNSS/HESS: r=0.00" in train_log and "passes over D^r" in train_log
     assert (fold / "sampling_progress.png").stat().st_size > 1000
+    assert not (fold / "checkpoint_latest_sampling.pt").exists() and (fold / "checkpoint_final_sampling.pt").exists()
 
     _, resumed = _trace(fold)
-    n_mini = _check_trace(resumed, T, resumed_at, T.tiny_num_epochs - 1)
-    assert n_mini > 0 and all(r["n_hard"] > 0 for r in after)
-    assert any(r["mini_epoch_iterations"] == 5 for r in after)  # the cap (1.5 x 10 iterations) bites at r = 1
-    # independent check of the slabs: every main-phase unit of an r = 0 epoch lies in a positive block
-    info = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name /
-                          "nnunetv2_ext_slice_info_nnUNetPlans_2d.json"))
-    splits = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name / "splits_final.json"))
-    ids = splits[0]["train"]
-    offsets = np.cumsum([0] + [info[f"{i}|ignore=None"]["num_slices"] for i in ids])
-    for r in resumed:
-        if r["phase"] == "main" and sched.ratio(r["epoch"]) == 0:
-            for u in r["units"]:
-                c = int(np.searchsorted(offsets, u, side="right") - 1)
-                e = info[f"{ids[c]}|ignore=None"]
-                assert e["first"] <= u - offsets[c] < e["first"] + e["k"]
+    n_far, n_main = _check_trace(resumed, log, table, 1, T.tiny_num_epochs - 1)
+    assert 0 < n_far < 0.3 * n_main  # the far-negative share (0.1 of the samples at r < 1) is really drawn
 
     # 3) baseline, find_best_configuration (ensembles the two trainers), predict
     run_cmd(["nnUNetv2_train", PHANTOM_ID, "2d", "0", "-tr", "nnUNetTrainerTiny", "-device", "cpu", "--npz"])
@@ -164,16 +172,15 @@ def test_pnss_3d_fullres_regions_and_ignore_label(nnunet_dirs, tmp_path):
                                 str(nnunet_dirs["nnUNet_raw"]))
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1"])
     run_cmd(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", T.__name__, "-device", "cpu"])
-    fold = nnunet_dirs["nnUNet_results"] / "Dataset902_PhantomRegions" / f"{T.__name__}__nnUNetPlans__3d_fullres" / \
-        "fold_0"
+    name = "Dataset902_PhantomRegions"
+    fold = nnunet_dirs["nnUNet_results"] / name / f"{T.__name__}__nnUNetPlans__3d_fullres" / "fold_0"
     log = json.load(open(fold / "sampling_log.json"))
     assert [r["r"] for r in log] == pytest.approx([1, 0.5, 0, 0])
     _, recs = _trace(fold)
-    _check_trace(recs, T, 0, T.tiny_num_epochs - 1)
+    table = _slice_table(nnunet_dirs, name, "3d_fullres", _fold_ids(nnunet_dirs, name), ignore=3)
+    _check_trace(recs, log, table, 0, T.tiny_num_epochs - 1)
     # with the ignore label, the slab is built from real labels only (ignore band at z < 3 is not foreground)
-    info = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / "Dataset902_PhantomRegions" /
-                          "nnunetv2_ext_slice_info_nnUNetPlans_3d_fullres.json"))
-    assert all(e["first"] >= 3 for k, e in info.items() if k.endswith("|ignore=3"))
+    assert (table.first >= 3).all()
     pred = tmp_path / "pred"
     run_cmd(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", pred, "-d", did, "-c", "3d_fullres",
              "-f", "0", "-tr", T.__name__, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
@@ -204,9 +211,11 @@ def test_hess_on_real_ct_pancreas(nnunet_dirs, shared_data, tmp_path):
     fold = nnunet_dirs["nnUNet_results"] / raw.name / f"{T.__name__}__nnUNetPlans__2d" / "fold_all"
     log = json.load(open(fold / "sampling_log.json"))
     assert all(r["r"] == 1 and r["n_selected"] == r["n_total"] for r in log)  # HESS alone keeps every slice
-    assert all(r["n_scored"] == r["n_selected"] and r["scoring"] == "exact" for r in log)  # every slice scored
+    rounds = [r for r in log if r["hess_round"]]
+    assert len(rounds) == T.tiny_num_epochs - 1  # after every epoch but the last (neutral budget)
+    assert all(r["n_scored"] == r["n_selected"] and r["scoring"] == "exact" for r in rounds)  # every slice scored
     _, recs = _trace(fold)
-    _check_trace(recs, T, 0, T.tiny_num_epochs - 1)
+    _check_trace(recs, log, _slice_table(nnunet_dirs, raw.name, "2d", ["ct_000", "ct_001"]), 0, T.tiny_num_epochs - 1)
     pred = tmp_path / "pred"
     run_cmd(["nnUNetv2_predict", "-i", raw / "imagesTr", "-o", pred, "-d", did, "-c", "2d", "-f", "all", "-tr",
              T.__name__, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"])
@@ -216,16 +225,17 @@ def test_hess_on_real_ct_pancreas(nnunet_dirs, shared_data, tmp_path):
 
 # ------------------------------------------------------------------------------------------------- bad input
 def test_bad_parameters_fail_before_training(phantom_2d):
+    from nnunetv2_ext.sampling.parameters import SamplingParameters
     from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESS
     plans = json.load(open(os.path.join(os.environ["nnUNet_preprocessed"], phantom_2d.name, "nnUNetPlans.json")))
     dataset_json = json.load(open(phantom_2d / "dataset.json"))
-    for attrs, message in (({"pnss_alpha": 1.5}, "alpha"), ({"pnss_beta": 0}, "beta"),
-                           ({"hess_max_epoch_cost": 1.0}, "hess_max_epoch_cost"),
-                           ({"hess_scoring": "magic"}, "hess_scoring"),
-                           ({"hess_outlier_threshold": 1.0}, "hess_outlier_threshold")):
+    for attrs, message in (({"sampling": {"alpha": 0.1}}, "must be a SamplingParameters"),
+                           ({"pnss_alpha": 0.1}, r"pnss_alpha.*no longer read.*SamplingParameters")):
         bad = type("nnUNetTrainerBad", (nnUNetTrainerPNSSHESS,), attrs)
         with pytest.raises(ValueError, match=message):
             bad(dict(plans, continue_training=False), "2d", 0, dataset_json, torch.device("cpu"))
+    with pytest.raises(ValueError, match="epoch_unit"):  # a bad value fails where the trainer class is written
+        type("nnUNetTrainerBad", (nnUNetTrainerPNSSHESS,), {"sampling": SamplingParameters(epoch_unit="weeks")})
 
 
 def test_fold_without_foreground_is_refused(nnunet_dirs):

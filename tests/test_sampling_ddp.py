@@ -8,8 +8,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nnunetv2_ext.sampling.distributed import gather_batch_sizes, gather_scores
+from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
 from nnunetv2_ext.sampling.hess import HardnessTable, mini_epoch_plan, rank_slice, select_hard
-from nnunetv2_ext.sampling.pnss import PNSSSchedule
+from nnunetv2_ext.sampling.parameters import SamplingParameters
+from nnunetv2_ext.sampling.slice_table import SliceTable
 
 
 def _free_port():
@@ -31,7 +33,10 @@ def _rank_main(rank, world, port, out_dir):
         hard = select_hard(table, np.ones(40, bool), 0.5)
         sizes = gather_batch_sizes(3 if rank == 0 else 2)  # nnU-Net may give ranks different batch sizes
         plan = mini_epoch_plan(hard.hard_units, 3, 12345, sum(sizes), max_iterations=10)
-        r = PNSSSchedule(0.2, 5).ratio(12)
+        # the paper's epochs depend on the *global* batch: every rank derives the same r per epoch from it
+        slices = SliceTable(["a", "b"], [25, 15], [10, 3], [5, 4])
+        r = build_epoch_plan(SamplingParameters(alpha=0.5, beta=1), 8, 10 * sum(sizes),
+                             lambda x: int(slices.selected_mask(x).sum())).r.tolist()
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"own_units": units.tolist(), "dsc": np.nan_to_num(table.dsc, nan=-1).tolist(),
                        "hard": hard.hard_units.tolist(), "plan": plan.tolist(), "sizes": sizes,
@@ -48,7 +53,9 @@ def test_two_ranks_share_hardness_hard_set_and_plan(tmp_path):
     seen = set(r0["own_units"]) | set(r1["own_units"])
     assert {i for i, d in enumerate(r0["dsc"]) if d >= 0} == seen  # with every rank's scores in it
     assert r0["hard"] == r1["hard"] and len(r0["hard"]) > 0
-    assert r0["plan"] == r1["plan"] and r0["r"] == r1["r"]
+    assert r0["plan"] == r1["plan"]
+    # global batch 5 x 10 iterations = 50 samples per epoch: 1.25 passes over the 40 slices at r = 1, then 2 over 25
+    assert r0["r"] == r1["r"] == [1, 0.5, 0, 0, 0, 0, 0, 0]
     assert r0["sizes"] == r1["sizes"] == [3, 2]
     # per iteration the two ranks' columns are disjoint and together make the global batch
     for it, row in enumerate(r0["plan"]):

@@ -1,4 +1,6 @@
-"""Unit tests of the pure PNSS/HESS logic: schedule, Eq. 6-7 slabs, Eq. 1 DSC, Eq. 8 hard set, mini-epoch plans."""
+"""Unit tests of the pure PNSS/HESS logic (no nnU-Net): schedule, Eq. 6-7 slabs, Eq. 1 DSC, Eq. 8 hard set, mini-epoch
+plans, the worker batch schedule, parameters, the epoch plan in the paper's epochs, the main sampler, the controller
+and the checkpoint sidecar."""
 import threading
 import time
 
@@ -6,9 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from nnunetv2_ext.sampling import checkpoint_state
+from nnunetv2_ext.sampling.controller import SamplingController, hard_set_agreement
+from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
 from nnunetv2_ext.sampling.hess import (HardnessTable, mini_epoch_iterations, mini_epoch_plan, per_sample_dice,
                                         rank_slice, select_hard)
+from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.sampling.pnss import PNSSSchedule, positive_block, select_slab, select_slabs
+from nnunetv2_ext.sampling.sampler import SLAB, SLICE, SLICE_FG, MainSampler, SampleSpec
 from nnunetv2_ext.sampling.shared_state import MAIN, MINI, BatchSchedule
 from nnunetv2_ext.sampling.slice_table import SliceTable
 
@@ -170,7 +177,7 @@ def test_mini_epoch_plan_covers_hard_units_and_respects_cap():
 
 # ---------------------------------------------------------------------------------------------------- batch schedule
 def test_batch_schedule_locates_phases_and_waits_for_plan():
-    s = BatchSchedule(start_epoch=2, num_epochs=5, num_main_iterations=3, hess_enabled=True, plan_capacity=8)
+    s = BatchSchedule(start_epoch=2, num_epochs=5, num_main_iterations=3, hess_rounds=[True] * 5, plan_capacity=8)
     assert [s.locate(b) for b in range(3)] == [(2, MAIN, 0), (2, MAIN, 1), (2, MAIN, 2)]
 
     def publish_later():
@@ -187,3 +194,186 @@ def test_batch_schedule_locates_phases_and_waits_for_plan():
     assert s.locate(8) == (4, MAIN, 0)
     with pytest.raises(RuntimeError, match="epoch"):
         s.mini_plan_row(4, 0)  # buffer of parity 0 holds epoch 2
+
+
+def test_batch_schedule_neutral_budget_and_epochs_without_round():
+    # epochs 0 and 2 end with a HESS round; 4 iterations per epoch; a neutral budget takes the mini iterations of
+    # epoch e out of epoch e + 1; epoch 1 has no round, so nothing is ever waited for there
+    s = BatchSchedule(start_epoch=0, num_epochs=4, num_main_iterations=4, hess_rounds=[True, False, True, False],
+                      plan_capacity=8, neutral_budget=True)
+    assert [s.locate(b)[:2] for b in range(4)] == [(0, MAIN)] * 4
+    s.publish_mini_epoch(0, np.array([[1], [2], [3]]))  # 3 mini iterations
+    assert [s.locate(b) for b in (4, 6)] == [(0, MINI, 0), (0, MINI, 2)]
+    # epoch 1: 4 - 3 = 1 main iteration, no round; epoch 2 starts right after it, without waiting for anything
+    assert s.locate(7) == (1, MAIN, 0)
+    assert [s.locate(b) for b in (8, 11)] == [(2, MAIN, 0), (2, MAIN, 3)]
+    s.publish_mini_epoch(2, np.array([[4]]))
+    assert s.locate(12) == (2, MINI, 0)
+    assert [s.locate(b) for b in (13, 15)] == [(3, MAIN, 0), (3, MAIN, 2)]  # 4 - 1 = 3 main iterations
+    assert s.locate(16) == (4, MAIN, 0)  # beyond training (workers prefetch): never waits
+    # after --c at epoch 3 with one mini iteration owed by epoch 2
+    resumed = BatchSchedule(3, 4, 4, [True, False, True, False], 8, neutral_budget=True, initial_debt=1)
+    assert [resumed.locate(b) for b in (0, 2, 3)] == [(3, MAIN, 0), (3, MAIN, 2), (4, MAIN, 0)]
+
+
+# ---------------------------------------------------------------------------------------------------- parameters
+@pytest.mark.parametrize("kwargs, name", [({"alpha": 0}, "alpha"), ({"beta": 1.5}, "beta"), ({"r_min": 2}, "r_min"),
+                                          ({"epoch_unit": "days"}, "epoch_unit"), ({"sampling": "any"}, "sampling"),
+                                          ({"far_negative_share": 1.0}, "far_negative_share"),
+                                          ({"final_full_fraction": -0.1}, "final_full_fraction"),
+                                          ({"outlier_threshold": 1}, "outlier_threshold"),
+                                          ({"max_epoch_cost": 1.0}, "max_epoch_cost"),
+                                          ({"max_epoch_cost": 2.5}, "max_epoch_cost"),
+                                          ({"budget": "free"}, "budget"), ({"scoring": "magic"}, "scoring"),
+                                          ({"score_max_age": 0}, "score_max_age"), ({"pnss": 1}, "pnss"),
+                                          ({"pnss": False, "hess": False}, "plain nnU-Net")])
+def test_sampling_parameters_name_the_bad_field(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SamplingParameters(**kwargs)
+
+
+def test_sampling_parameters_rules():
+    assert SamplingParameters(pnss=False).pnss_schedule is None  # PNSS off: r = 1 throughout
+    assert SamplingParameters(pnss=False, far_negative_share=0.3).far_share == 0  # nothing dropped, nothing kept
+    assert SamplingParameters(budget="extra", max_epoch_cost=3).max_epoch_cost == 3  # > 2 only when on top
+
+
+# ---------------------------------------------------------------------------------------------------- epoch plan
+def _counts(r):
+    return {1.0: 100, 0.5: 60, 0.0: 20}[r]
+
+
+def test_epoch_plan_counts_passes_over_the_selection():
+    # S = 50 samples per nnU-Net epoch; |D^1| = 100, |D^0.5| = 60, |D^0| = 20; L(0.5, 1) in passes
+    plan = build_epoch_plan(SamplingParameters(alpha=0.5, beta=1), 6, 50, _counts)
+    assert plan.passes_before.tolist() == pytest.approx([0, 0.5, 1, 1 + 5 / 6, 2 + 4 / 6, 5 + 1 / 6, 7 + 4 / 6])
+    assert plan.paper_epoch.tolist() == [0, 0, 1, 1, 2, 5]
+    assert plan.r.tolist() == [1, 1, 0.5, 0.5, 0, 0]
+    assert plan.n_selected.tolist() == [100, 100, 60, 60, 20, 20]
+    # a HESS round ends every nnU-Net epoch in which a pass was completed; none after the last (neutral budget)
+    assert plan.hess_round.tolist() == [False, True, False, True, True, False]
+    assert plan.first_epoch_at(0) == 4
+    extra = build_epoch_plan(SamplingParameters(alpha=0.5, beta=1, budget="extra"), 6, 50, _counts)
+    assert extra.hess_round.tolist() == [False, True, False, True, True, True]
+    assert "0.50" in plan.summary() and "2-3" in plan.summary()
+
+
+def test_epoch_plan_nnunet_epochs_and_final_phase():
+    plan = build_epoch_plan(SamplingParameters(alpha=0.5, beta=1, epoch_unit="nnunet_epoch",
+                                               final_full_fraction=0.34), 6, 50, _counts)
+    assert plan.r.tolist() == [1, 0.5, 0, 0, 1, 1]  # the last round(0.34 * 6) = 2 epochs return to r = 1
+    assert plan.hess_round.tolist() == [True] * 5 + [False]
+    hess_only = build_epoch_plan(SamplingParameters(pnss=False), 3, 50, _counts)
+    assert hess_only.r.tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="no slice at r=0"):
+        build_epoch_plan(SamplingParameters(alpha=1, beta=1, epoch_unit="nnunet_epoch"), 3, 50,
+                         lambda r: 0 if r == 0 else 10)
+
+
+# ---------------------------------------------------------------------------------------------------- main sampler
+def _two_case_table():
+    # case a: 10 slices, positive 3..5 (slice 4 a gap); case b: 6 slices, no foreground
+    return SliceTable(["a", "b"], [10, 6], [3, 3], [3, 0], positive_slices=[[3, 5], []])
+
+
+def test_main_sampler_modes_and_far_negatives():
+    t = _two_case_table()
+    assert np.flatnonzero(t.positive).tolist() == [3, 5]
+    rng = np.random.RandomState(0)
+    at0 = MainSampler(t, "slice", far_share=0.0).draw(0.0, [False] * 200, rng)
+    assert {(s.case, s.z_start, s.z_stop, s.how) for s in at0} == {(0, z, z + 1, SLICE) for z in (3, 4, 5)}
+    far = MainSampler(t, "slice", far_share=0.5).draw(0.0, [False] * 400, rng)
+    n_far = sum(not 3 <= s.z_start < 6 or s.case == 1 for s in far)
+    assert 150 < n_far < 250  # about half from the 13 dropped slices, of both cases
+    assert n_far == sum(s.far for s in far)
+    assert {s.case for s in far} == {0, 1}
+    over = MainSampler(t, "slice_oversample", far_share=0.5).draw(0.0, [True] * 50, rng)
+    assert all(s.how == SLICE_FG and s.z_start in (3, 5) for s in over)  # oversampled: positive slices, never far
+    case = MainSampler(t, "case", far_share=0.0).draw(0.0, [False, True], rng)
+    assert case == [SampleSpec(0, 3, 6, SLAB, False), SampleSpec(0, 3, 6, SLAB, True)]  # case b has an empty slab
+    everything = MainSampler(t, "slice", far_share=0.9).draw(1.0, [False] * 100, rng)
+    assert len({(s.case, s.z_start) for s in everything}) > 10  # r = 1: nothing dropped, all slices drawn
+
+
+# ---------------------------------------------------------------------------------------------------- controller
+def _controller(**kwargs):
+    table = SliceTable(["a", "b"], [10, 10], [4, 2], [2, 4])  # blocks 4..5 and 2..5; 20 units
+    params = SamplingParameters(**{"alpha": 0.5, "beta": 1, "epoch_unit": "nnunet_epoch", **kwargs})
+    return SamplingController(params, table, num_epochs=4, iterations_per_epoch=10, global_batch_size=2)
+
+
+def test_controller_exact_round_neutral_budget_and_state():
+    c = _controller()
+    assert c.max_mini_iterations == 5 and not c.records_forward_scores and c.needs_exact_pass(0)
+    sel = np.flatnonzero(c.selected(0))
+    exact = (sel, np.where(sel % 2 == 0, 0.9, 0.7).astype(np.float32))  # mean 0.8: odd units are hard
+    rnd = c.end_main_phase(0, exact=exact)
+    assert rnd.hard.hard_units.tolist() == [u for u in sel if u % 2] and rnd.hard.mean_dsc == pytest.approx(0.8)
+    assert rnd.plan.shape == (5, 2)  # 10 hard units, batch 2: 5 iterations (= the cap)
+    rec = c.finish_epoch(0, c.main_iterations(0), rnd, 0.3)
+    assert (rec["mini_epoch_iterations"], rec["n_hard"], rec["hess_round"]) == (5, 10, True)
+    assert c.main_iterations(1) == 5  # neutral: epoch 1 pays for the 5 mini iterations
+    with pytest.raises(ValueError, match="exact scoring pass"):
+        c.end_main_phase(1)
+    state = c.state_dict()
+    d = _controller()
+    d.load_state_dict(state, current_epoch=1)
+    assert d.records == c.records and d.main_iterations(1) == 5
+    np.testing.assert_array_equal(d.tables["exact"].dsc, c.tables["exact"].dsc)
+    with pytest.raises(ValueError, match="sampling parameters"):
+        _controller(alpha=0.2).load_state_dict(state, 1)
+    with pytest.raises(ValueError, match="records"):
+        d.load_state_dict(state, current_epoch=2)
+
+
+def test_controller_forward_scores_age_limit_and_agreement():
+    c = _controller(scoring="forward", score_max_age=1, compare_scoring=True)
+    assert c.records_forward_scores and c.needs_exact_pass(0)
+    all_units = np.arange(20)
+    # epoch 0: forward scores for units 0..9 only; the exact pass scores every selected unit
+    rnd = c.end_main_phase(0, forward=(np.arange(10), np.full(10, 0.6, np.float32)),
+                           exact=(all_units, np.full(20, 0.6, np.float32)))
+    assert rnd.hard.num_scored == 10 and rnd.agreement["n_common"] == 10
+    c.finish_epoch(0, 10, rnd)
+    # epoch 1 (r = 0.5): new forward scores for units 10..13 only: the older ones are past the age limit
+    sel1 = np.flatnonzero(c.selected(1))
+    rnd = c.end_main_phase(1, forward=(np.array([10, 11, 12, 13]), np.array([0.9, 0.7, 0.8, 0.95], np.float32)),
+                           exact=(sel1, np.linspace(0.6, 1.0, len(sel1)).astype(np.float32)))
+    in_sel = [u for u in (10, 11, 12, 13) if c.selected(1)[u]]
+    assert rnd.hard.num_scored == len(in_sel)
+    assert set(rnd.hard.hard_units.tolist()) <= {10, 11, 12, 13}
+    a = rnd.agreement
+    assert a["n_common"] == len(in_sel) and 0 <= a["hard_jaccard"] <= 1 and -1 <= a["spearman"] <= 1
+    c2 = _controller(scoring="forward", score_max_age=2)  # age 2: the scores of epoch 0 still count at epoch 1
+    c2.finish_epoch(0, 10, c2.end_main_phase(0, forward=(np.arange(10), np.full(10, 0.6, np.float32))))
+    assert c2.end_main_phase(1, forward=(np.array([12]), np.array([0.9], np.float32))).hard.num_scored > 1
+
+
+def test_hard_set_agreement_hand_computed():
+    f, e = HardnessTable(5), HardnessTable(5)
+    f.update(np.arange(5), np.array([0.6, 0.7, 0.8, 0.9, 1.0]), epoch=3)
+    e.update(np.arange(5), np.array([0.55, 0.75, 0.7, 0.95, 1.0]), epoch=3)
+    a = hard_set_agreement(f, e, np.ones(5, bool), forward_min_epoch=3, epoch=3, outlier_threshold=0.5)
+    # forward mean 0.8 -> hard {0, 1}; exact mean 0.79 -> hard {0, 1, 2}; Spearman of the two rankings = 0.9
+    assert (a["n_hard_forward"], a["n_hard_exact"], a["hard_jaccard"]) == (2, 3, pytest.approx(2 / 3))
+    assert a["spearman"] == pytest.approx(0.9)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def test_sidecar_is_atomic_and_keeps_the_previous_state(tmp_path, monkeypatch):
+    ckpt = str(tmp_path / "checkpoint_latest.pth")
+    checkpoint_state.write_state(ckpt, 3, {"records": [0, 1, 2]})
+    checkpoint_state.write_state(ckpt, 4, {"records": [0, 1, 2, 3]})
+    assert checkpoint_state.read_state(ckpt, 3) == {"records": [0, 1, 2]}  # a kill before nnU-Net's write: still there
+    assert checkpoint_state.read_state(ckpt, 4)["records"] == [0, 1, 2, 3]
+
+    def killed(obj, path):  # the process dies while writing the temporary file
+        open(path, "wb").write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_state.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_state.write_state(ckpt, 5, {"records": [0, 1, 2, 3, 4]})
+    monkeypatch.undo()
+    assert checkpoint_state.read_state(ckpt, 4)["records"] == [0, 1, 2, 3]  # the sidecar on disk is intact
+    assert checkpoint_state.read_state(ckpt, 5) is None

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 
 def per_sample_dice(logits: torch.Tensor, target: torch.Tensor, has_regions: bool,
@@ -30,33 +31,60 @@ def per_sample_dice(logits: torch.Tensor, target: torch.Tensor, has_regions: boo
         an empty slice predicted empty has DSC 1.
     """
     with torch.no_grad():
-        if has_regions:
-            if ignore_label is not None:
-                mask = (1 - target[:, -1:].float()) if target.dtype != torch.bool else (~target[:, -1:]).float()
-                target = target[:, :-1]
-            else:
-                mask = None
-            pred = logits > 0  # sigmoid(x) > 0.5
-            ref = target > 0.5 if target.dtype != torch.bool else target
+        if not has_regions:
+            return _label_dice(logits.argmax(1), target[:, 0].long(), logits.shape[1], ignore_label)
+        if ignore_label is not None:
+            mask = (1 - target[:, -1:].float()) if target.dtype != torch.bool else (~target[:, -1:]).float()
+            target = target[:, :-1]
         else:
-            num_classes = logits.shape[1]
-            lab = target[:, 0].long()
             mask = None
-            if ignore_label is not None:
-                mask = (lab != ignore_label)[:, None].float()
-                lab = torch.where(lab == ignore_label, torch.zeros_like(lab), lab)
-            arg = logits.argmax(1)
-            classes = torch.arange(1, num_classes, device=logits.device).view(1, -1, *([1] * (logits.ndim - 2)))
-            pred = arg[:, None] == classes
-            ref = lab[:, None] == classes
-        pred, ref = pred.float(), ref.float()
+        pred = (logits > 0).float()  # sigmoid(x) > 0.5
+        ref = (target > 0.5 if target.dtype != torch.bool else target).float()
         if mask is not None:
             pred, ref = pred * mask, ref * mask
         axes = tuple(range(2, pred.ndim))
-        inter = (pred * ref).sum(axes)
-        denom = pred.sum(axes) + ref.sum(axes)
-        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-8), torch.ones_like(denom))
-        return dice.mean(1)
+        return _dice_from_counts(2 * (pred * ref).sum(axes), pred.sum(axes) + ref.sum(axes))
+
+
+def _dice_from_counts(two_tp: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """(B, classes) counts -> (B,) mean Dice; a class absent in prediction and reference scores 1 (Eq. 1)."""
+    dice = torch.where(denom > 0, two_tp / denom.clamp_min(1e-8), torch.ones_like(denom))
+    return dice.mean(1)
+
+
+def _label_dice(pred: torch.Tensor, lab: torch.Tensor, num_classes: int, ignore_label: Optional[int]) -> torch.Tensor:
+    """Per-sample confusion matrices in one ``bincount`` (no one-hot tensors): (B, *spatial) label maps -> (B,)."""
+    b = pred.shape[0]
+    codes = lab.reshape(b, -1) * num_classes + pred.reshape(b, -1)
+    if ignore_label is not None:  # ignored pixels go to an extra row that is dropped
+        codes = torch.where(lab.reshape(b, -1) == ignore_label, num_classes * num_classes, codes)
+    size = num_classes * num_classes + 1
+    codes = codes + torch.arange(b, device=codes.device)[:, None] * size
+    cm = torch.bincount(codes.reshape(-1), minlength=b * size).reshape(b, size)[:, :-1]
+    cm = cm.reshape(b, num_classes, num_classes).float()  # [sample, reference label, predicted label]
+    tp = torch.diagonal(cm, dim1=1, dim2=2)[:, 1:]
+    return _dice_from_counts(2 * tp, cm.sum(2)[:, 1:] + cm.sum(1)[:, 1:])
+
+
+class DiceRecordingLoss(nn.Module):
+    """Wraps a loss; while ``record`` is set, also stores the per-sample hard DSC (Eq. 1) of the full-resolution
+    output (``output[0]`` under deep supervision) as ``last_sample_dsc`` (a (B,) tensor on the output's device)."""
+
+    def __init__(self, loss: nn.Module, has_regions: bool, ignore_label: Optional[int]):
+        super().__init__()
+        self.loss = loss
+        self.has_regions = has_regions
+        self.ignore_label = ignore_label
+        self.record = False
+        self.last_sample_dsc: Optional[torch.Tensor] = None
+
+    def forward(self, output, target):
+        value = self.loss(output, target)
+        if self.record:
+            out0 = output[0] if isinstance(output, (list, tuple)) else output
+            tgt0 = target[0] if isinstance(target, (list, tuple)) else target
+            self.last_sample_dsc = per_sample_dice(out0.detach(), tgt0, self.has_regions, self.ignore_label)
+        return value
 
 
 @dataclass
@@ -98,10 +126,12 @@ class HardnessTable:
         self.epoch_scored[:] = state["epoch_scored"]
 
 
-def select_hard(table: HardnessTable, selected: np.ndarray, outlier_threshold: float = 0.5) -> HardSet:
+def select_hard(table: HardnessTable, selected: np.ndarray, outlier_threshold: float = 0.5,
+                min_epoch: int = 0) -> HardSet:
     """Eq. 8: hard units are selected units with ``outlier_threshold < DSC < s_mean``, where s_mean is the mean DSC over
-    the selected units (those without a score yet are left out of both)."""
-    scored = selected & ~np.isnan(table.dsc)
+    the selected units. Only scores recorded at epoch ``min_epoch`` or later count (an age limit); units without such a
+    score are left out of both."""
+    scored = selected & ~np.isnan(table.dsc) & (table.epoch_scored >= min_epoch)
     if not scored.any():
         return HardSet(np.zeros(0, np.int64), 0, float("nan"), 0)
     d = table.dsc

@@ -4,14 +4,18 @@ Workers are separate processes with their own copy of the data loader, so an att
 reaches them. Instead every training batch gets a global sequence number, claimed from a shared counter, and the
 *batch schedule* says what that number means:
 
-    epoch e:  num_main_iterations main batches (PNSS selection at r(e)),
-              then mini_iterations[e] mini batches (HESS replay of epoch e's hard units)
+    epoch e:  main(e) main batches (PNSS selection at r(e)),
+              then mini(e) mini batches (HESS replay of the hard units found after epoch e's main phase)
 
-r(e) is a pure function of the epoch, so workers compute it themselves. ``mini_iterations[e]`` and the mini epoch's
-plan only exist once the main epoch e has been trained; the trainer publishes them into shared memory and a worker
-that reaches a mini batch waits for them. The main process consumes batches strictly in sequence order
-(:class:`OrderedBatchStream`), so each batch is trained in exactly the phase it was built for, with any number of
-workers (nnUNet_n_proc_DA), fork or spawn.
+    main(e) = N                      with budget 'extra'
+    main(e) = N - mini(e - 1)        with budget 'neutral' (the mini epoch's iterations come out of the next epoch)
+
+r(e) and whether epoch e ends with a HESS round are fixed before training (:mod:`epoch_plan`), so workers know them.
+``mini(e)`` and the mini epoch's plan only exist once the main phase of epoch e has been trained; the trainer
+publishes them into shared memory, and a worker that needs them (to build a mini batch, or to know where epoch e + 1
+starts) waits for them. Epochs without a HESS round have mini(e) = 0 and never wait. The main process consumes
+batches strictly in sequence order (:class:`OrderedBatchStream`), so each batch is trained in exactly the phase it
+was built for, with any number of workers (nnUNet_n_proc_DA), fork or spawn.
 """
 from __future__ import annotations
 
@@ -26,14 +30,20 @@ MAIN, MINI = "main", "mini"
 
 
 class BatchSchedule:
-    """Shared counter + published mini-epoch plans. Create in the main process before the workers start."""
+    """Shared counter + published mini-epoch plans. Create in the main process before the workers start.
 
-    def __init__(self, start_epoch: int, num_epochs: int, num_main_iterations: int, hess_enabled: bool,
-                 plan_capacity: int):
+    ``hess_rounds[e]``: epoch e ends with a HESS round (see :class:`~nnunetv2_ext.sampling.epoch_plan.EpochPlan`).
+    ``initial_debt``: with a neutral budget, the mini iterations of epoch ``start_epoch - 1`` (after ``--c``)."""
+
+    def __init__(self, start_epoch: int, num_epochs: int, num_main_iterations: int, hess_rounds, plan_capacity: int,
+                 neutral_budget: bool = False, initial_debt: int = 0):
         self.start_epoch = int(start_epoch)
         self.num_epochs = int(num_epochs)
         self.num_main_iterations = int(num_main_iterations)
-        self.hess_enabled = bool(hess_enabled)
+        self.hess_rounds = np.zeros(self.num_epochs, bool)
+        self.hess_rounds[:] = hess_rounds
+        self.neutral_budget = bool(neutral_budget)
+        self.initial_debt = int(initial_debt) if neutral_budget else 0
         self.plan_capacity = max(1, int(plan_capacity))
         self._counter = mp.Value("q", 0)
         self._mini_iterations = mp.RawArray("q", self.num_epochs + 1)
@@ -44,7 +54,12 @@ class BatchSchedule:
         self._plan_shape = mp.RawArray("q", 4)
         self._shutdown = mp.Value("b", 0, lock=False)
         self._owner_pid = os.getpid()
-        self._located: Tuple[int, int] = (self.start_epoch, 0)  # worker-local cache: (epoch, first index of epoch)
+        # worker-local cache: (epoch, index of its first batch, its main iterations)
+        self._located: Tuple[int, int, int] = (self.start_epoch, 0, self.main_iterations(self.initial_debt))
+
+    def main_iterations(self, previous_mini: int) -> int:
+        """main(e) given mini(e - 1)."""
+        return self.num_main_iterations - (previous_mini if self.neutral_budget else 0)
 
     # ---- main process -------------------------------------------------------------------------------------------
     def publish_mini_epoch(self, epoch: int, plan: np.ndarray) -> None:
@@ -72,7 +87,7 @@ class BatchSchedule:
         return b
 
     def _mini_count(self, epoch: int) -> int:
-        if not self.hess_enabled or epoch >= self.num_epochs:
+        if epoch >= self.num_epochs or not self.hess_rounds[epoch]:
             return 0
         arr = np.frombuffer(self._mini_iterations, dtype=np.int64)
         while arr[epoch] < 0:
@@ -83,19 +98,18 @@ class BatchSchedule:
 
     def locate(self, batch_index: int) -> Tuple[int, str, int]:
         """(epoch, phase, iteration within that phase) of a batch; may wait for the mini-epoch plan to be published."""
-        epoch, first = self._located
+        epoch, first, n_main = self._located
         if batch_index < first:  # only happens if a loader is reused after a restart; walk from the start
-            epoch, first = self.start_epoch, 0
+            epoch, first, n_main = self.start_epoch, 0, self.main_iterations(self.initial_debt)
         while True:
-            n_main = self.num_main_iterations
             if batch_index < first + n_main:
-                self._located = (epoch, first)
+                self._located = (epoch, first, n_main)
                 return epoch, MAIN, batch_index - first
             n_mini = self._mini_count(epoch)
             if batch_index < first + n_main + n_mini:
-                self._located = (epoch, first)
+                self._located = (epoch, first, n_main)
                 return epoch, MINI, batch_index - first - n_main
-            epoch, first = epoch + 1, first + n_main + n_mini
+            epoch, first, n_main = epoch + 1, first + n_main + n_mini, self.main_iterations(n_mini)
 
     def mini_plan_row(self, epoch: int, iteration: int) -> np.ndarray:
         buf = epoch % 2

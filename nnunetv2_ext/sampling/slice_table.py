@@ -23,12 +23,16 @@ _SEG_FILE_CANDIDATES = ("{}_seg.b2nd", "{}_seg.npy", "{}.npz")
 
 @dataclass
 class SliceTable:
-    """Training cases (in loader order) with their slice count and positive block (see :mod:`pnss`)."""
+    """Training cases (in loader order) with their slice count and positive block (see :mod:`pnss`).
+
+    ``positive_slices`` (per case, the indices of slices with foreground; optional) gives :attr:`positive`, the
+    per-unit foreground flag. Without it, every slice of a positive block counts as positive."""
 
     identifiers: List[str]
     num_slices: np.ndarray
     first: np.ndarray
     k: np.ndarray
+    positive_slices: Optional[List[Sequence[int]]] = None
 
     def __post_init__(self):
         self.num_slices = np.asarray(self.num_slices, np.int64)
@@ -36,6 +40,12 @@ class SliceTable:
         self.k = np.asarray(self.k, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.num_slices)]).astype(np.int64)
         self.case_index = {c: i for i, c in enumerate(self.identifiers)}
+        self.positive = np.zeros(self.num_units, bool)
+        if self.positive_slices is None:
+            self.positive[:] = self.selected_mask(0.0)
+        else:
+            for c, z in enumerate(self.positive_slices):
+                self.positive[self.offsets[c] + np.asarray(z, np.int64)] = True
 
     @property
     def num_units(self) -> int:
@@ -102,12 +112,12 @@ def build_slice_table(dataset, identifiers: Sequence[str], folder: str, ignore_l
         except (OSError, json.JSONDecodeError):
             cache = {}  # a broken cache is rebuilt, never trusted
     changed = False
-    num_slices, first, k = [], [], []
+    num_slices, first, k, positive = [], [], [], []
     for ident in identifiers:
         st = os.stat(_seg_file(folder, ident))
         key = f"{ident}|ignore={ignore_label}"
         entry = cache.get(key)
-        if entry is None or entry["size"] != st.st_size or entry["mtime"] != st.st_mtime_ns:
+        if entry is None or entry["size"] != st.st_size or entry["mtime"] != st.st_mtime_ns or "positive" not in entry:
             _, seg, _, _ = dataset.load_case(ident)
             if seg is None or len(seg.shape) != 4:
                 raise RuntimeError(f"PNSS/HESS: preprocessed segmentation of case '{ident}' in {folder} is missing "
@@ -115,16 +125,17 @@ def build_slice_table(dataset, identifiers: Sequence[str], folder: str, ignore_l
             pos = _positive_slices(seg, ignore_label)
             f0, kk = positive_block(pos)
             entry = {"size": st.st_size, "mtime": st.st_mtime_ns, "num_slices": len(pos), "first": f0, "k": kk,
-                     "num_positive": int(pos.sum())}
+                     "num_positive": int(pos.sum()), "positive": np.flatnonzero(pos).tolist()}
             cache[key] = entry
             changed = True
         num_slices.append(entry["num_slices"])
         first.append(entry["first"])
         k.append(entry["k"])
+        positive.append(entry["positive"])
     if changed:
         tmp = cache_file + f".tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(cache, f)
         os.replace(tmp, cache_file)  # atomic: concurrent trainings never read half a file
         log(f"PNSS/HESS: positive slices of {len(identifiers)} training cases computed and cached in {cache_file}")
-    return SliceTable(list(identifiers), np.array(num_slices), np.array(first), np.array(k))
+    return SliceTable(list(identifiers), np.array(num_slices), np.array(first), np.array(k), positive)

@@ -38,8 +38,8 @@ from nnunetv2_ext.losses import (BoundaryLoss, ConstantWeight, HausdorffDTLoss, 
                                  MultiLevelStructuralLoss, RegionAndStructuralLoss, StepUpWeight, SwitchWeight,
                                  UncertainPointLoss)
 from nnunetv2_ext.losses.compound import Schedule
-from nnunetv2_ext.sampling.trainer_mixin import PNSSHESSMixin
-from nnunetv2_ext.trainers.pnss_hess import SmallScheduleMixin
+from nnunetv2_ext.trainers.sampling_mixin import PNSSHESSMixin
+from nnunetv2_ext.trainers.pnss_hess import nnUNetTrainerPNSSHESSTiny
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 
@@ -205,6 +205,5 @@ class nnUNetTrainerSharedBoundaryTiny(_TinyLossSettings, TinyTrainingMixin, nnUN
     pass
 
 
-class nnUNetTrainerPNSSHESS_MLLTiny(_TinyLossSettings, TinyTrainingMixin, SmallScheduleMixin,
-                                    nnUNetTrainerPNSSHESS_MLL):
-    pass
+class nnUNetTrainerPNSSHESS_MLLTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerPNSSHESS_MLL):
+    sampling = nnUNetTrainerPNSSHESSTiny.sampling

@@ -1,36 +1,45 @@
 """PNSS / HESS trainers (Huang et al., Quant Imaging Med Surg 2022). The logic is in :mod:`nnunetv2_ext.sampling`.
 
-- ``nnUNetTrainerPNSS``: positive-negative subset selection only.
-- ``nnUNetTrainerHESS``: hard-easy subset selection only (all slices stay selected).
-- ``nnUNetTrainerPNSSHESS``: both, the paper's full method (alpha=0.2, beta=5).
+- ``nnUNetTrainerPNSSHESS``: both, with our defaults (:class:`SamplingParameters`; the paper's L(0.2, 5) counted in
+  the paper's epochs, see ``trainers_docs/nnUNetTrainerPNSSHESS.md`` for what differs from the paper and why).
+- ``nnUNetTrainerPNSSHESSPaper``: the paper's settings exactly (no far negatives kept, mini epochs on top).
+- ``nnUNetTrainerPNSS``: positive-negative subset selection only; ``nnUNetTrainerHESS``: hard-easy subset selection
+  only (all slices stay selected).
 - ``nnUNetTrainerPNSS_a{01,02}_b{1,3,5,7,9}`` and ``nnUNetTrainerPNSSHESS_a..._b...``: the Table 1 grid
-  (a01 = alpha 0.1, a02 = alpha 0.2; b = beta in epochs).
-- ``...Tiny`` / ``...Demo``: small CPU variants for tests and the README demo.
+  (a01 = alpha 0.1, a02 = alpha 0.2; b = beta in paper epochs).
+- ``...Tiny`` / ``...Demo``: small CPU variants for tests, the README demo and the ablation.
 """
+from dataclasses import replace
+
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_ext.sampling.trainer_mixin import PNSSHESSMixin
+from nnunetv2_ext.sampling.parameters import SamplingParameters
+from nnunetv2_ext.trainers.sampling_mixin import PNSSHESSMixin
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-
-class PNSSMixin(PNSSHESSMixin):
-    hess_enabled = False
-
-
-class HESSMixin(PNSSHESSMixin):
-    pnss_enabled = False
+DEFAULTS = SamplingParameters()
+PAPER = replace(DEFAULTS, far_negative_share=0.0, final_full_fraction=0.0, r_min=0.0, sampling="slice",
+                scoring="exact", budget="extra", epoch_unit="pass")
 
 
 class nnUNetTrainerPNSSHESS(PNSSHESSMixin, nnUNetTrainer):
-    """PNSS + HESS with the paper's best schedule L(0.2, 5)."""
+    """PNSS + HESS with the defaults of :class:`SamplingParameters`."""
+    sampling = DEFAULTS
 
 
-class nnUNetTrainerPNSS(PNSSMixin, nnUNetTrainer):
+class nnUNetTrainerPNSSHESSPaper(PNSSHESSMixin, nnUNetTrainer):
+    """PNSS + HESS exactly as in the paper: no far negatives, no final full phase, exact scoring, mini epochs extra."""
+    sampling = PAPER
+
+
+class nnUNetTrainerPNSS(PNSSHESSMixin, nnUNetTrainer):
     """PNSS only: negative slices far from the organ are dropped gradually, L(0.2, 5)."""
+    sampling = replace(DEFAULTS, hess=False)
 
 
-class nnUNetTrainerHESS(HESSMixin, nnUNetTrainer):
-    """HESS only: hard slices (0.5 < DSC < mean) are replayed after every epoch."""
+class nnUNetTrainerHESS(PNSSHESSMixin, nnUNetTrainer):
+    """HESS only: hard slices (0.5 < DSC < mean) are replayed after every paper epoch."""
+    sampling = replace(DEFAULTS, pnss=False)
 
 
 TABLE1_ALPHAS = {"a01": 0.1, "a02": 0.2}
@@ -44,7 +53,7 @@ def _table1_variants() -> dict:
             for beta in TABLE1_BETAS:
                 name = f"{base.__name__}_{a_name}_b{beta}"
                 variants[name] = type(name, (base,), {
-                    "pnss_alpha": alpha, "pnss_beta": beta, "__module__": __name__,
+                    "sampling": replace(base.sampling, alpha=alpha, beta=beta), "__module__": __name__,
                     "__doc__": f"{base.__name__} with L(alpha={alpha}, beta={beta}) (Table 1 grid point)."})
     return variants
 
@@ -52,31 +61,41 @@ def _table1_variants() -> dict:
 globals().update(_table1_variants())
 
 
-class SmallScheduleMixin:
-    """A schedule that reaches r = 0 within the few epochs of the tiny/demo runs."""
-    pnss_alpha = 0.5
-    pnss_beta = 1
+# ---- tiny variants for the CPU tests: 4 epochs of 10 iterations; r falls 1 -> 0.5 -> 0 per nnU-Net epoch -------------
+TINY_SCHEDULE = {"alpha": 0.5, "beta": 1, "epoch_unit": "nnunet_epoch"}
 
 
-class nnUNetTrainerPNSSHESSTiny(TinyTrainingMixin, SmallScheduleMixin, nnUNetTrainerPNSSHESS):
+class nnUNetTrainerPNSSHESSTiny(TinyTrainingMixin, nnUNetTrainerPNSSHESS):
+    sampling = replace(DEFAULTS, **TINY_SCHEDULE)
     sampling_trace = True
 
 
-class nnUNetTrainerPNSSTiny(TinyTrainingMixin, SmallScheduleMixin, nnUNetTrainerPNSS):
+class nnUNetTrainerPNSSTiny(TinyTrainingMixin, nnUNetTrainerPNSS):
+    sampling = replace(nnUNetTrainerPNSS.sampling, **TINY_SCHEDULE)
     sampling_trace = True
 
 
 class nnUNetTrainerHESSTiny(TinyTrainingMixin, nnUNetTrainerHESS):
+    sampling = replace(nnUNetTrainerHESS.sampling, epoch_unit="nnunet_epoch", scoring="forward")
     sampling_trace = True
 
 
-class nnUNetTrainerHESSExactTiny(nnUNetTrainerHESSTiny):
-    """The paper's scoring: all selected slices scored without augmentation after every epoch."""
-    hess_scoring = "exact"
+class nnUNetTrainerHESSExactTiny(TinyTrainingMixin, nnUNetTrainerHESS):
+    """The paper's scoring: all selected slices scored without augmentation at every HESS round."""
+    sampling = replace(nnUNetTrainerHESS.sampling, epoch_unit="nnunet_epoch", scoring="exact")
+    sampling_trace = True
 
 
+class nnUNetTrainerPNSSHESSPassTiny(TinyTrainingMixin, nnUNetTrainerPNSSHESS):
+    """The paper's epochs (passes over D^r) at a tiny scale: batch 12, so that r falls within 4 epochs."""
+    tiny_batch_size = 12
+    sampling = replace(DEFAULTS, alpha=0.5, beta=1)
+    sampling_trace = True
+
+
+# ---- the README demo and the ablation (benchmarks/ablation_pnss_hess.py): same network and budget as the baseline --
 class DemoTrainingMixin(TinyTrainingMixin):
-    """The README demo: calibrated on 2 CPU cores to learn the phantom in a few minutes."""
+    """Calibrated on 2 CPU cores to learn the phantom in a few minutes: 12 epochs of 40 iterations, batch 12."""
     tiny_num_epochs = 12
     tiny_iterations_per_epoch = 40
     tiny_val_iterations_per_epoch = 4
@@ -85,11 +104,26 @@ class DemoTrainingMixin(TinyTrainingMixin):
     tiny_max_features = 128
 
 
+DEMO_SCHEDULE = {"alpha": 0.2, "beta": 1}
+"""The demo's 12 epochs are about 15 passes over the phantom's training slices instead of a real run's hundreds, so
+L(0.2, 5) is compressed to L(0.2, 1) (in passes): r reaches 0 after 5 passes, about half-way through training."""
+
+
 class nnUNetTrainerDemo(DemoTrainingMixin, nnUNetTrainer):
-    """Baseline of the README demo (plain nnU-Net, small network)."""
+    """Baseline of the README demo and the ablation (plain nnU-Net, small network)."""
 
 
 class nnUNetTrainerPNSSHESSDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
-    """PNSS/HESS in the README demo; L(0.2, 2) so that r reaches 0 at epoch 10 of 12 (the paper's pace, compressed)."""
-    pnss_alpha = 0.2
-    pnss_beta = 2
+    sampling = replace(nnUNetTrainerPNSSHESS.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSDemo(DemoTrainingMixin, nnUNetTrainerPNSS):
+    sampling = replace(nnUNetTrainerPNSS.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerHESSDemo(DemoTrainingMixin, nnUNetTrainerHESS):
+    sampling = replace(nnUNetTrainerHESS.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSPaperDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSPaper):
+    sampling = replace(nnUNetTrainerPNSSHESSPaper.sampling, **DEMO_SCHEDULE)

@@ -1,0 +1,152 @@
+"""nnU-Net's full pipeline on one dataset, driven through its own commands, for the demo and the evidence scripts.
+
+train (``nnUNetv2_train``) -> postprocessing chosen on the folds' validation cases
+(``nnUNetv2_find_best_configuration --disable_ensembling``) -> ``nnUNetv2_predict`` of held-out cases with each
+fold's model -> ``nnUNetv2_apply_postprocessing`` -> :func:`comparison_markdown`: ``nnunetv2_ext.evaluation``'s
+paired comparison (each fold's prediction of a held-out case is one observation), connected components per case and
+wall times, for raw and for postprocessed predictions.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+STREAMED = re.compile(r"(: Epoch \d+$|Pseudo dice|Epoch time|PNSS/HESS: r=|Mean Validation Dice)")
+
+
+def nnunet_env(work: str, processes: int, extra: Optional[dict] = None) -> Dict[str, str]:
+    """nnU-Net's three folders inside ``work`` (created), workers, and this interpreter's commands on PATH."""
+    dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    return dict(os.environ, **dirs, nnUNet_n_proc_DA=str(processes), nnUNet_def_n_proc=str(processes),
+                PYTHONUTF8="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+                **(extra or {}))
+
+
+class Pipeline:
+    def __init__(self, work: str, dataset_id: int, env: Dict[str, str], log: str,
+                 echo: Optional[Callable[[str], None]] = None):
+        """``echo``: called with the lines of a training worth showing (epochs, pseudo Dice, r); None = silent."""
+        self.work, self.dataset_id, self.env, self.log, self.echo = work, dataset_id, env, log, echo
+
+    def run(self, args: Sequence, prefix: str = "") -> float:
+        """Runs a command, its output appended to the log (and the interesting lines echoed); exits on failure."""
+        t0 = time.time()
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(f"\n$ {' '.join(map(str, args))}\n")
+            f.flush()
+            p = subprocess.Popen([str(a) for a in args], env=self.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, errors="replace")
+            for line in p.stdout:
+                f.write(line)
+                if self.echo is not None and STREAMED.search(line):
+                    self.echo(f"{prefix}{line.rstrip()}")
+            p.wait()
+        if p.returncode:
+            with open(self.log, encoding="utf-8") as f:
+                tail = f.read()[-3000:]
+            sys.exit(f"command failed ({p.returncode}): {' '.join(map(str, args))}\n--- end of {self.log} ---\n{tail}")
+        return time.time() - t0
+
+    def model_folder(self, dataset: str, trainer: str) -> str:
+        return os.path.join(self.env["nnUNet_results"], dataset, f"{trainer}__nnUNetPlans__2d")
+
+    def train(self, trainer: str, fold, device: str = "cpu") -> float:
+        return self.run(["nnUNetv2_train", self.dataset_id, "2d", fold, "-tr", trainer, "-device", device],
+                        prefix=f"[{trainer} fold {fold}] ")
+
+    def postprocessing_file(self, dataset: str, trainer: str, folds: Sequence) -> str:
+        """nnU-Net's own choice of postprocessing for this trainer, made on the folds' validation predictions."""
+        self.run(["nnUNetv2_find_best_configuration", self.dataset_id, "-c", "2d", "-tr", trainer, "-f", *folds,
+                  "--disable_ensembling", "-np", "1"])
+        return os.path.join(self.model_folder(dataset, trainer),
+                            f"crossval_results_folds_{'_'.join(map(str, folds))}", "postprocessing.pkl")
+
+    def predict_and_postprocess(self, dataset: str, trainer: str, fold, images: str, pp_file: str, out_raw: str,
+                                out_pp: str, device: str = "cpu") -> float:
+        for d in (out_raw, out_pp):
+            shutil.rmtree(d, ignore_errors=True)
+        seconds = self.run(["nnUNetv2_predict", "-i", images, "-o", out_raw, "-d", self.dataset_id, "-c", "2d",
+                            "-f", fold, "-tr", trainer, "-device", device, "--disable_tta", "-npp", "1", "-nps", "1"])
+        model = self.model_folder(dataset, trainer)
+        self.run(["nnUNetv2_apply_postprocessing", "-i", out_raw, "-o", out_pp, "-pp_pkl_file", pp_file, "-np", "1",
+                  "-plans_json", os.path.join(model, "plans.json"), "-dataset_json",
+                  os.path.join(model, "dataset.json")])
+        return seconds
+
+
+def connected_components(folder: str) -> Dict[str, int]:
+    """Foreground connected components (26-connectivity) per predicted case."""
+    import SimpleITK as sitk
+    from scipy.ndimage import label
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".nii.gz"):
+            seg = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f)))
+            out[f[:-7]] = int(label(seg > 0, structure=np.ones((3, 3, 3)))[1])
+    return out
+
+
+def flatten(folders_by_key: Dict[str, str], out: str) -> str:
+    """``out/<key>_<case>`` symlinks to every case of every folder, so that several folds' predictions of the same
+    held-out cases (key 'f0', 'f1', ...) become separate paired observations; the references are flattened the same
+    way (the labels folder under every key). Returns ``out`` (replaced)."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    for key, folder in folders_by_key.items():
+        for c in sorted(os.listdir(folder)):
+            if c.endswith(".nii.gz"):
+                os.symlink(os.path.abspath(os.path.join(folder, c)), os.path.join(out, f"{key}_{c}"))
+    return out
+
+
+def comparison_markdown(ref: str, folders: Dict[str, str], dataset_json: str, wall_minutes: Dict[str, float],
+                        hard_cases: Dict[str, str], keys: List[str], n_bootstrap: int = 2000) -> str:
+    """The evidence table: per trainer DSC mean ± std [min, max], worst-10 % mean, precision, recall, HD95 (missed
+    structures counted), components per case, paired Δ DSC and Δ worst-10 % vs the first trainer with bootstrap 95 %
+    intervals, wall time; then the hard held-out cases' DSC per key (fold)."""
+    from nnunetv2_ext.evaluation import compare_folders, compare_results
+
+    names = list(folders)
+    results = compare_folders(ref, [folders[n] for n in names], names, dataset_json, num_processes=1, progress=False)
+    comp = compare_results(results, names[0], ("DSC",), 0.1, n_bootstrap, 0)
+    label_key = next(iter(comp["labels"]))
+    dsc = comp["labels"][label_key]["metrics"]["DSC"]
+    rows = ["| trainer | DSC mean ± std [min, max] | worst-10 % DSC | precision | recall | HD95 mm | components / case "
+            "[max] | Δ DSC vs " + names[0] + " [95 % CI] | Δ worst-10 % [95 % CI] | wall time (min) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: f"{100 * v:+.2f}"  # noqa: E731
+    for n in names:
+        r = results[n]
+        d = r.values("DSC") * 100
+        comps = connected_components(folders[n])
+        hd = r.describe("HD95")
+        hd_txt = f"{hd['mean']:.1f}" + (f" ({hd['n_missed']} missed)" if hd.get("n_missed") else "")
+        if n == names[0]:
+            delta = dw = "–"
+        else:
+            v = dsc["vs_baseline"][n]
+            ci, wci = v["mean_diff_ci95"], v["worst_fraction_mean_diff_ci95"]
+            delta = f"{pct(v['mean_diff'])} [{pct(ci[0])}, {pct(ci[1])}]"
+            dw = f"{pct(v['worst_fraction_mean_diff'])} [{pct(wci[0])}, {pct(wci[1])}]"
+        rows.append(f"| {n} | {d.mean():.2f} ± {d.std(ddof=1):.2f} [{d.min():.2f}, {d.max():.2f}] | "
+                    f"{100 * dsc['methods'][n]['worst_fraction_mean']:.2f} | {100 * r.values('precision').mean():.2f} | "
+                    f"{100 * r.values('recall').mean():.2f} | {hd_txt} | {np.mean(list(comps.values())):.1f} "
+                    f"[{max(comps.values())}] | {delta} | {dw} | {wall_minutes.get(n, float('nan')):.1f} |")
+    if hard_cases:
+        rows += ["", f"Hard held-out cases, DSC (%) per {'/'.join(keys)}:", "",
+                 "| trainer | " + " | ".join(f"{c} ({k})" for c, k in hard_cases.items()) + " |",
+                 "|---|" + "---|" * len(hard_cases)]
+        for n in names:
+            rows.append(f"| {n} | " + " | ".join("/".join(
+                f"{100 * results[n].values('DSC', cases=[f'{k}_{c}'])[0]:.1f}" for k in keys) for c in hard_cases)
+                + " |")
+    return "\n".join(rows)

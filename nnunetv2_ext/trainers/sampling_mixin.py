@@ -1,0 +1,272 @@
+"""PNSSHESSMixin: nnU-Net hook glue around :class:`~nnunetv2_ext.sampling.controller.SamplingController`.
+
+    class nnUNetTrainerPNSSHESS(PNSSHESSMixin, nnUNetTrainer): pass
+    class MyLossPNSSHESS(PNSSHESSMixin, nnUNetTrainerDiceLoss): pass        # any other variant, same two lines
+
+Settings: the class attribute ``sampling`` (a :class:`SamplingParameters`); see ``trainers_docs/nnUNetTrainerPNSSHESS.md``.
+What each hook does:
+
+- ``_build_loss``: wraps the variant's loss so that, with forward scoring, the training forward pass also yields the
+  per-sample DSC (Eq. 1) of the full-resolution output, on the device (no extra pass).
+- ``get_dataloaders``: nnU-Net's, with the training loader swapped for :class:`nnUNetDataLoaderPNSSHESS` behind an
+  :class:`OrderedBatchStream`; the controller and the worker-shared batch schedule are built here.
+- ``on_train_epoch_start``: sets this epoch's main iterations (fewer after a mini epoch with a neutral budget).
+- ``on_train_epoch_end``: scores (forward scores exchanged between DDP ranks; the exact pass split over them),
+  hard set (Eq. 8), mini-epoch plan published to the workers, mini epoch trained, epoch record logged.
+- ``save_checkpoint`` / ``load_checkpoint``: the controller's state in an atomically written sidecar file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunetv2_ext.sampling import checkpoint_state
+from nnunetv2_ext.sampling.controller import SamplingController
+from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderPNSSHESS
+from nnunetv2_ext.sampling.distributed import gather_batch_sizes, gather_scores, rank_and_world
+from nnunetv2_ext.sampling.exact_scoring import score_units
+from nnunetv2_ext.sampling.hess import DiceRecordingLoss
+from nnunetv2_ext.sampling.parameters import SamplingParameters
+from nnunetv2_ext.sampling.report import log_line, plot_sampling_progress, write_sampling_log
+from nnunetv2_ext.sampling.shared_state import MAIN, MINI, BatchSchedule, OrderedBatchStream
+from nnunetv2_ext.sampling.slice_table import build_slice_table
+
+LEGACY_ATTRIBUTES = ("pnss_enabled", "pnss_alpha", "pnss_beta", "pnss_r_min", "hess_enabled", "hess_outlier_threshold",
+                     "hess_max_epoch_cost", "hess_scoring", "hess_exact_every", "sampling_seed")
+
+
+class PNSSHESSMixin:
+    sampling: SamplingParameters = SamplingParameters()
+    sampling_trace: bool = False
+    """Write every sampled unit to sampling_trace.jsonl (tests, debugging)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # explicit signature: nnU-Net records the init arguments by introspecting the most derived __init__
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        name = type(self).__name__
+        legacy = [a for a in LEGACY_ATTRIBUTES if hasattr(type(self), a)]
+        if legacy:
+            raise ValueError(f"{name}: {legacy} are no longer read; set the class attribute "
+                             f"sampling = SamplingParameters(...) instead (e.g. pnss_alpha -> alpha)")
+        if not isinstance(self.sampling, SamplingParameters):
+            raise ValueError(f"{name}.sampling must be a SamplingParameters, got {type(self.sampling).__name__}")
+        self.controller: Optional[SamplingController] = None
+        self._batch_schedule: Optional[BatchSchedule] = None
+        self._restored_state: Optional[dict] = None
+        self._phase = MAIN
+        self._scores: List = []
+
+    def _build_loss(self):
+        lm = self.label_manager
+        return DiceRecordingLoss(super()._build_loss(), lm.has_regions, lm.ignore_label)
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _setup_sampling(self, dataset_tr) -> None:
+        """Slice table, controller (epoch plan, hardness) and batch schedule; checks the data before any training."""
+        table = build_slice_table(dataset_tr, list(dataset_tr.identifiers), self.preprocessed_dataset_folder,
+                                  self.label_manager.ignore_label, log=lambda m: self.print_to_log_file(m))
+        self.rank_batch_sizes = gather_batch_sizes(self.batch_size)
+        if not hasattr(self, "_nominal_iterations"):
+            self._nominal_iterations = self.num_iterations_per_epoch
+        if self._restored_state is not None and "missing" in self._restored_state:
+            raise RuntimeError(
+                f"{type(self).__name__}: no PNSS/HESS state for epoch {self.current_epoch} next to the checkpoint "
+                f"{self._restored_state['missing']} (the file *_sampling.pt that nnunetv2_ext >= 0.2 writes with it); "
+                f"cannot continue this training exactly")
+        try:
+            self.controller = SamplingController(self.sampling, table, self.num_epochs, self._nominal_iterations,
+                                                 sum(self.rank_batch_sizes))
+            if self._restored_state is not None:
+                self.controller.load_state_dict(self._restored_state, self.current_epoch)
+        except ValueError as e:
+            raise RuntimeError(f"{type(self).__name__}, fold {self.fold} of {self.preprocessed_dataset_folder} "
+                               f"({len(table.identifiers)} training cases): {e}") from None
+        c = self.controller
+        self._batch_schedule = BatchSchedule(
+            self.current_epoch, self.num_epochs, self._nominal_iterations, c.plan.hess_round,
+            c.max_mini_iterations * sum(self.rank_batch_sizes), self.sampling.budget == "neutral",
+            c.mini_iterations_of(self.current_epoch - 1))
+        self.print_to_log_file(
+            f"PNSS/HESS set-up: {len(table.identifiers)} training cases, {table.num_units} slices along axis 0 "
+            f"({int((table.k == 0).sum())} without foreground), {self.sampling}, mini epochs capped at "
+            f"{c.max_mini_iterations} iterations\nPNSS/HESS epoch plan ({c.plan.samples_per_epoch} samples per "
+            f"nnU-Net epoch):\n{c.plan.summary()}")
+        if self._restored_state is not None:
+            self.print_to_log_file(f"PNSS/HESS: restored from checkpoint: {c.num_scored()} scored units, "
+                                   f"{len(c.records)} epoch records, continuing at epoch {self.current_epoch}")
+
+    def get_dataloaders(self):
+        # nnU-Net's own get_dataloaders with the training loader swapped; the transforms come from this trainer's
+        # get_training_transforms, so variants that change augmentation keep working.
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        regions = lm.foreground_regions if lm.has_regions else None
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=regions, ignore_label=lm.ignore_label)
+        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
+                                                        foreground_labels=lm.foreground_labels, regions=regions,
+                                                        ignore_label=lm.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        self._setup_sampling(dataset_tr)
+        rank, _ = rank_and_world()
+        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
+                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = nnUNetDataLoaderPNSSHESS(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
+                                         self.controller.table, self.controller.plan.r, self.sampling.sampling,
+                                         self.sampling.far_share, self._batch_schedule,
+                                         rank_batch_sizes=self.rank_batch_sizes, rank=rank, transforms=tr_transforms,
+                                         **common)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm, transforms=val_transforms,
+                                  **common)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin = self.device.type == "cuda"
+            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
+                                                    pin_memory=pin, wait_time=0.002)
+            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2),
+                                                  num_cached=max(3, n_proc // 4), seeds=None, pin_memory=pin,
+                                                  wait_time=0.002)
+        stream = OrderedBatchStream(mt_train, self._batch_schedule)
+        stream.prefetch()
+        _ = next(mt_val)
+        return stream, mt_val
+
+    # ------------------------------------------------------------------------------------------------ training
+    def on_train_start(self):
+        super().on_train_start()
+        if self.sampling_trace:
+            self._trace({"phase": "start", "epoch": self.current_epoch})
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.num_iterations_per_epoch = self.controller.main_iterations(self.current_epoch)  # nnU-Net's loop reads it
+        self._phase = MAIN
+        self._scores = []
+
+    def train_step(self, batch: dict) -> dict:
+        if batch["epoch"] != self.current_epoch or batch["phase"] != self._phase:
+            raise RuntimeError(f"PNSS/HESS: got a batch built for epoch {batch['epoch']} ({batch['phase']}) while "
+                               f"training epoch {self.current_epoch} ({self._phase}); batch order is broken")
+        record = self._phase == MAIN and self.controller.records_forward_scores
+        self.loss.record = record
+        try:
+            out = super().train_step(batch)
+        finally:
+            self.loss.record = False
+        if record:
+            self._scores.append((batch["units"], self.loss.last_sample_dsc))
+        if self.sampling_trace:
+            self._trace({"epoch": int(batch["epoch"]), "phase": batch["phase"], "batch_index": int(batch["batch_index"]),
+                         "units": batch["units"].tolist(), "far": batch["far"].tolist()})
+        return out
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        epoch, c = self.current_epoch, self.controller
+        forward = None
+        if c.records_forward_scores:
+            units = np.concatenate([u for u, _ in self._scores]) if self._scores else np.zeros(0, np.int64)
+            dsc = torch.cat([d for _, d in self._scores]).float().cpu().numpy() if self._scores \
+                else np.zeros(0, np.float32)  # one device sync per epoch
+            forward = gather_scores(units, dsc)
+            self._scores = []
+        exact = self._exact_scores(np.flatnonzero(c.selected(epoch))) if c.needs_exact_pass(epoch) else None
+        rnd = c.end_main_phase(epoch, forward, exact)
+        mini_losses = []
+        if rnd is not None:
+            if self.sampling_trace:
+                self._trace({"epoch": epoch, "phase": "hard_set", "units": rnd.hard.hard_units.tolist(),
+                             "selected": np.flatnonzero(c.selected(epoch)).tolist(), "r": c.ratio(epoch)})
+            self._batch_schedule.publish_mini_epoch(epoch, rnd.plan)
+            self._phase = MINI
+            for _ in range(len(rnd.plan)):
+                mini_losses.append(self.train_step(next(self.dataloader_train))["loss"])
+            self._phase = MAIN
+        rec = c.finish_epoch(epoch, self.num_iterations_per_epoch, rnd,
+                             float(np.mean(mini_losses)) if mini_losses else None)
+        self.print_to_log_file(log_line(rec))
+        super().on_train_epoch_end(train_outputs)
+
+    def _exact_scores(self, units: np.ndarray):
+        """The paper's scoring pass over ``units``, shared between DDP ranks (results exchanged)."""
+        rank, world = rank_and_world()
+        lm = self.label_manager
+        transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
+                                                    foreground_labels=lm.foreground_labels,
+                                                    regions=lm.foreground_regions if lm.has_regions else None,
+                                                    ignore_label=lm.ignore_label)
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, list(self.controller.table.identifiers),
+                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+
+        def predict(x):
+            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+                return self.network(x)
+
+        self.network.eval()
+        self.set_deep_supervision_enabled(False)
+        try:
+            units, dsc = score_units(units[rank::world], self.controller.table, dataset, transforms, predict,
+                                     self.configuration_manager.patch_size, 2 * self.batch_size, self.device,
+                                     lm.has_regions, lm.ignore_label)
+        finally:
+            self.set_deep_supervision_enabled(self.enable_deep_supervision)
+            self.network.train()
+        return gather_scores(units, dsc)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            write_sampling_log(self.controller.records, self.output_folder)
+            plot_sampling_progress(self.controller.records, self.output_folder)
+
+    def on_train_end(self):
+        super().on_train_end()  # nnU-Net stops only its own augmenter types; ours is stopped here
+        if isinstance(self.dataloader_train, OrderedBatchStream):
+            self.dataloader_train._finish()
+        latest = checkpoint_state.sidecar_path(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        if self.local_rank == 0 and os.path.isfile(latest):  # nnU-Net has just removed checkpoint_latest.pth
+            os.remove(latest)
+
+    def _trace(self, record: dict) -> None:
+        if self.local_rank == 0:
+            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank == 0 and not self.disable_checkpointing and self.controller is not None:
+            self._write_sampling_sidecar(filename)  # first: see checkpoint_state's docstring
+        super().save_checkpoint(filename)
+
+    def _write_sampling_sidecar(self, filename: str) -> None:
+        checkpoint_state.write_state(filename, self.current_epoch + 1, self.controller.state_dict())
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        # checked when training continues (_setup_sampling); --val and inference do not need the sampling state
+        self._restored_state = {"missing": repr(filename_or_checkpoint)[:200]}
+        if isinstance(filename_or_checkpoint, str):
+            state = checkpoint_state.read_state(filename_or_checkpoint, self.current_epoch)
+            if state is not None:
+                self._restored_state = state
