@@ -1,37 +1,16 @@
-"""Unit tests of the cascade tumour variant (issue 6): crop/paste, modules, losses, steps, input checks."""
+"""Unit tests of the shared two-stage parts (nnunetv2_ext.two_stage): boxes, crop/paste, prior, steps, checks,
+organ-centred data loader, case-level prediction helpers."""
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunetv2_ext.losses.cascade import (CascadeTumorLoss, bce_iou_loss, boundary_weight, stage2_loss,
-                                         weighted_bce_iou_loss)
-from nnunetv2_ext.networks.cascade_tumour import (CascadeTumorNet, ContextExplorationBlock, FocusModule,
-                                                  LocalisationModule, PlansOps, TumourStageNet)
 from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
 from nnunetv2_ext.two_stage.crop import bounding_box, crop_with_padding, expand_box, paste_crop
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import STEP_I, STEP_J, STEP_S, step_boundaries, step_for_epoch
-
-
-def _unet(dim, in_ch=1, out_ch=2):
-    conv = nn.Conv3d if dim == 3 else nn.Conv2d
-    norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
-    strides = [1, 2, 2, 2] if dim == 2 else [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
-    n = len(strides)
-    return PlainConvUNet(in_ch, n, [8, 16, 16, 16][:n], conv, 3, strides, [1] * n, out_ch, [1] * (n - 1),
-                         conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True},
-                         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
-
-
-def _cascade(dim, margin=2, fallback="no_tumour"):
-    torch.manual_seed(0)
-    conv = nn.Conv3d if dim == 3 else nn.Conv2d
-    return CascadeTumorNet(_unet(dim), TumourStageNet(_unet(dim).encoder), SalientChangeModule(conv, 1),
-                           crop_margin=margin, empty_organ_fallback=fallback)
 
 
 # ------------------------------------------------------------------ crop / paste
@@ -72,30 +51,6 @@ def test_crop_box_outside_image_raises():
         crop_with_padding(torch.zeros(1, 4, 4), ((5, 8), (0, 2)))
 
 
-# ------------------------------------------------------------------ modules
-@pytest.mark.parametrize("dim", [2, 3])
-def test_module_shapes_and_gradients(dim):
-    conv = nn.Conv3d if dim == 3 else nn.Conv2d
-    ops = PlansOps(conv, nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d, {"affine": True}, nn.LeakyReLU, {})
-    s = (4, 8, 8) if dim == 3 else (8, 8)
-    x = torch.randn(2, 16, *s, requires_grad=True)
-    ce = ContextExplorationBlock(ops, 16)
-    assert ce(x).shape == x.shape
-    loc = LocalisationModule(conv, 16)
-    feats, m = loc(x)
-    assert feats.shape == x.shape and m.shape == (2, 1, *s)
-    assert loc.channel_attention.gamma.item() == 1 and loc.spatial_attention.gamma.item() == 1
-    stride = [1, 2, 2] if dim == 3 else [2, 2]
-    focus = FocusModule(ops, 8, 16, stride)
-    fine = torch.randn(2, 8, *[a * b for a, b in zip(s, stride)])
-    f, fm = focus(fine, feats, m)
-    assert f.shape == fine.shape and fm.shape == (2, 1, *fine.shape[2:])
-    (fm.sum() + f.mean()).backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
-    assert focus.fp_weight.grad is not None and focus.fn_weight.grad is not None
-    assert loc.channel_attention.gamma.grad is not None and loc.spatial_attention.gamma.grad is not None
-
-
 def test_salient_change_starts_as_identity_and_is_differentiable():
     scm = SalientChangeModule(nn.Conv2d, 1)
     x = torch.randn(1, 1, 8, 8)
@@ -104,119 +59,6 @@ def test_salient_change_starts_as_identity_and_is_differentiable():
     nn.init.normal_(scm.transform[-1].weight)
     scm(x, p).sum().backward()
     assert p.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_tumour_stage_net_outputs(dim):
-    net = TumourStageNet(_unet(dim).encoder)
-    s = (4, 16, 16) if dim == 3 else (16, 16)
-    loc, maps = net(torch.randn(1, 1, *s))
-    assert len(maps) == len(net.focus) and maps[-1].shape == (1, 1, *s)
-    assert loc.shape[2:] == tuple(a // b for a, b in zip(s, net.total_stride))
-
-
-def _phantom_batch(dim):
-    """Batch of 2: sample 0 has an organ with a tumour inside, sample 1 has neither."""
-    s = (8, 24, 24) if dim == 3 else (24, 24)
-    target = torch.zeros(2, 1, *s)
-    organ = (slice(None),) * (dim - 2) + (slice(8, 16), slice(6, 14)) if dim == 2 else \
-        (slice(2, 6), slice(8, 16), slice(6, 14))
-    target[(0, 0, *organ)] = 1
-    tumour = (slice(10, 13), slice(8, 11)) if dim == 2 else (slice(3, 5), slice(10, 13), slice(8, 11))
-    target[(0, 0, *tumour)] = 2
-    x = torch.randn(2, 1, *s) + target
-    return x, target
-
-
-@pytest.mark.parametrize("dim", [2, 3])
-def test_cascade_net_reference_boxes_and_empty_fallback(dim):
-    net = _cascade(dim)
-    net.record_auxiliary = True
-    x, target = _phantom_batch(dim)
-    net.set_reference_organ(target[:, 0] > 0)
-    logits = net(x)
-    assert logits.shape == (2, 3, *x.shape[2:])
-    # log-probabilities: softmax gives back probabilities that sum to 1
-    assert torch.allclose(logits.exp().sum(1), torch.ones(1), atol=1e-5)
-    aux = net.auxiliary
-    box = aux.boxes[0]
-    organ_box = bounding_box(target[0, 0] > 0)
-    for (lo, hi), (olo, ohi), mult in zip(box, organ_box, net.stage2.total_stride):
-        assert lo <= olo - net.crop_margin and hi >= ohi + net.crop_margin and (hi - lo) % mult == 0
-    assert aux.boxes[1] is None and aux.focus_maps[1] is None  # no organ: stage 2 skipped
-    assert net.num_empty_organ_patches == 1 and net.num_patches == 2
-    # tumour probability is ~0 outside the crop box
-    outside = torch.ones(x.shape[2:], dtype=torch.bool)
-    outside[tuple(slice(max(lo, 0), hi) for lo, hi in box)] = False
-    assert logits[0, 2][outside].exp().max() < 1e-6
-    assert logits[1, 2].exp().max() < 1e-6
-
-
-def test_cascade_net_whole_patch_fallback_and_prediction_boxes():
-    net = _cascade(2, fallback="whole_patch")
-    net.record_auxiliary = True
-    x, _ = _phantom_batch(2)
-    with torch.no_grad():
-        net.stage1.decoder.seg_layers[-1].bias.copy_(torch.tensor([10.0, -10.0]))  # stage 1 finds no organ
-    net(x)
-    assert all(b is not None for b in net.auxiliary.boxes)  # whole patch
-    assert net.auxiliary.boxes[0] == ((0, 24), (0, 24))
-    with pytest.raises(ValueError, match="empty_organ_fallback"):
-        _cascade(2, fallback="nonsense")
-
-
-@pytest.mark.parametrize("prior", [False, True])
-def test_loss_gradients_reach_stage1_through_prior_only_when_on(prior):
-    net = _cascade(2)
-    net.record_auxiliary = True
-    net.set_prior_enabled(prior)
-    nn.init.normal_(net.salient_change.transform[-1].weight)  # a trained prior
-    x, target = _phantom_batch(2)
-    net.set_reference_organ(target[:, 0] > 0)
-    logits = net(x)
-    seg2 = stage2_loss(net.auxiliary.location_maps[0], net.auxiliary.focus_maps[0],
-                       crop_with_padding((target[:1] == 2).float(), net.auxiliary.boxes[0]))
-    seg2.backward()
-    grad = net.stage1.encoder.stages[0][0].convs[0].conv.weight.grad
-    assert (grad is not None and grad.abs().sum() > 0) == prior
-
-
-def test_cascade_loss_terms_and_backward():
-    net = _cascade(2)
-    net.record_auxiliary = True
-    x, target = _phantom_batch(2)
-    net.set_reference_organ(target[:, 0] > 0)
-    logits = net(x)
-
-    def stage1(organ_logits, organ_target):
-        assert set(organ_target.unique().tolist()) <= {0, 1}
-        return nn.functional.cross_entropy(organ_logits, organ_target[:, 0].long())
-
-    calls = []
-
-    def isb(lg, t):
-        calls.append(lg.shape)
-        return lg.mean() * 0 + 1.0
-
-    loss = CascadeTumorLoss(stage1, alpha=0.9, beta=0.4, shared_boundary_loss=isb)
-    total = loss(logits, net.auxiliary, target)
-    t = loss.last_terms
-    assert np.isclose(total.item(), t["seg1"] + 0.9 * t["seg2"] + 0.4 * 1.0, rtol=1e-5)
-    assert calls == [logits.shape]
-    total.backward()
-    assert net.stage2.localisation.map.weight.grad.abs().sum() > 0
-    assert net.stage2.focus[-1].map.weight.grad.abs().sum() > 0
-
-
-def test_bce_iou_losses_prefer_the_right_answer():
-    t = torch.zeros(1, 1, 16, 16)
-    t[..., 4:9, 5:10] = 1
-    good, bad = (t * 2 - 1) * 8, -(t * 2 - 1) * 8
-    assert bce_iou_loss(good, t) < 0.05 < bce_iou_loss(bad, t)
-    assert weighted_bce_iou_loss(good, t) < 0.05 < weighted_bce_iou_loss(bad, t)
-    w = boundary_weight(t, 5)
-    assert w[0, 0, 4, 5] > w[0, 0, 6, 7] and w[0, 0, 0, 0] == 1  # heavier at the boundary than inside / far away
-    assert torch.isfinite(bce_iou_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)))
 
 
 # ------------------------------------------------------------------ steps
@@ -346,3 +188,103 @@ def test_generic_schedule_three_named_steps():
         StepSchedule((gt_separate, predicted), (0.2, 0.3))
     with pytest.raises(dataclasses.FrozenInstanceError):
         schedule.fractions = (0.5, 0.5)
+
+
+# ------------------------------------------------------------------ organ-centred patches
+class _FakeLabels:
+    all_labels = [0, 1, 2]
+    has_ignore_label = False
+
+
+class _FakeData:
+    identifiers = ["a"]
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_organ_centred_loader_holds_the_whole_organ_box_plus_margin(two_d):
+    from nnunetv2_ext.two_stage.data_loader import OrganCentredDataLoader
+    np.random.seed(0)
+    shape = (30, 80, 80)
+    organ = np.argwhere(np.ones((6, 20, 14), bool)) + np.array([10, 40, 50])  # z 10-15, y 40-59, x 50-63
+    locations = {1: np.concatenate([np.zeros((len(organ), 1), int), organ], 1), 2: np.zeros((0, 4), int)}
+    patch = (40, 40) if two_d else (16, 40, 40)
+    margin = (3, 3) if two_d else (2, 3, 3)
+    initial = (56, 56) if two_d else (16, 56, 56)  # nnU-Net samples a larger patch for rotation
+    loader = OrganCentredDataLoader(_FakeData(), 2, initial, patch, _FakeLabels(), 1.0, organ_labels=(1, 2),
+                                    margin=margin)
+    final = (1, *patch) if two_d else patch
+    for _ in range(50):
+        lbs, ubs = loader.get_bbox(shape, True, locations)
+        offset = [(i - f) // 2 for i, f in zip(loader.patch_size, final)]
+        lo = [lb + o for lb, o in zip(lbs, offset)]
+        hi = [a + f for a, f in zip(lo, final)]
+        if two_d:
+            assert 10 <= lo[0] <= 15 and hi[0] == lo[0] + 1
+        else:
+            assert lo[0] <= 10 - 2 and hi[0] >= 16 + 2
+        assert lo[1] <= 40 - 3 and hi[1] >= 60 + 3 and lo[2] <= 50 - 3 and hi[2] >= 64 + 3
+    lbs, _ = loader.get_bbox(shape, False, locations)  # not forced: nnU-Net's random placement
+    assert len(lbs) == 3
+
+
+# ------------------------------------------------------------------ case-level prediction helpers
+def test_sliding_window_and_mirroring_reproduce_a_pointwise_function():
+    from nnunetv2_ext.two_stage.inference import mirrored, sliding_window
+    image = torch.rand(1, 5, 23, 30)
+
+    def fn(tile):
+        return torch.cat([tile * 2, -tile], dim=1)
+    out = sliding_window(mirrored(fn, (0, 1)), image, (1, 16, 16), num_channels=2)  # 2d tiles on a 3d case
+    assert out.shape == (2, 5, 23, 30) and torch.allclose(out[0], image[0] * 2, atol=1e-5)
+    out3 = sliding_window(fn, image, (4, 16, 16), num_channels=2, use_gaussian=False)
+    assert torch.allclose(out3[1], -image[0], atol=1e-6)
+    with pytest.raises(ValueError, match="tile size"):
+        sliding_window(fn, image, (16, 16), num_channels=2)
+
+
+def test_predictor_hook_hands_case_level_networks_the_whole_case(tmp_path):
+    from types import SimpleNamespace
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunetv2_ext.two_stage.inference import current_case, install_case_level_prediction, write_case_record
+    install_case_level_prediction()
+    install_case_level_prediction()  # idempotent
+    seen = {}
+
+    class CaseNet(nn.Module):
+        def predict_case_logits(self, data, context):
+            seen.update(shape=tuple(data.shape), case=context.case, spacing=context.spacing,
+                        mirror=context.mirror_axes, folder=context.output_folder)
+            return torch.zeros(3, *data.shape[1:])
+
+    predictor = SimpleNamespace(
+        network=CaseNet(), device=torch.device("cpu"), tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+        allowed_mirroring_axes=(0, 1), plans_manager=SimpleNamespace(transpose_forward=[0, 1, 2]),
+        configuration_manager=SimpleNamespace(spacing=[0.8, 0.8], patch_size=[32, 32]))
+    with current_case("case_7", {"spacing": [2.5, 0.7, 0.7]}, str(tmp_path)):
+        out = nnUNetPredictor.predict_sliding_window_return_logits(predictor, torch.rand(1, 4, 10, 12))
+    assert out.shape == (3, 4, 10, 12)
+    assert seen == {"shape": (1, 4, 10, 12), "case": "case_7", "spacing": (2.5, 0.8, 0.8), "mirror": (0, 1),
+                    "folder": str(tmp_path)}
+    path = write_case_record(str(tmp_path), "log.jsonl", {"case": "case_7", "box": (1, 2)})
+    write_case_record(str(tmp_path), "log.jsonl", {"case": "case_8"})
+    lines = open(path).read().splitlines()
+    assert len(lines) == 2 and '"box": [1, 2]' in lines[0]
+    assert write_case_record(None, "log.jsonl", {}) is None
+
+
+def test_largest_component_and_jittered_margins():
+    from nnunetv2_ext.two_stage.boxes import grow_box, jitter_margin, largest_component
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[1:3, 1:3] = True  # 4 voxels
+    mask[5:9, 5:9] = True  # 16 voxels
+    kept = largest_component(mask)
+    assert kept.sum() == 16 and not kept[1, 1] and isinstance(kept, torch.Tensor)
+    assert largest_component(np.zeros((3, 3), bool)).sum() == 0
+    np.random.seed(0)
+    margins = [jitter_margin(8, 2, 0.25) for _ in range(200)]
+    values = np.array(margins).ravel()
+    assert values.min() >= 6 and values.max() <= 10 and len(set(values)) > 2
+    assert grow_box(((5, 6), (5, 6)), ((1, 2), (3, 4))) == ((4, 8), (2, 10))
+    assert jitter_margin(8, 2, 0.0) == ((8, 8), (8, 8))

@@ -1,16 +1,17 @@
-"""Cascade tumour variant of nnU-Net (issue 6; Qiu et al., Front. Oncol. 2024): organ stage, then tumour stage on the
-organ box, as ONE network trained by one trainer.
+"""Cascade tumour variant of nnU-Net (Qiu et al., Front. Oncol. 2024): organ stage, then tumour stage on the organ
+box, as ONE network trained by one trainer.
 
-The network (:class:`nnunetv2_ext.networks.cascade_tumour.CascadeTumorNet`) takes the plans' patch, segments the organ with
-the plans' U-Net (stage 1), crops the organ box (+ margin K) out of the patch, multiplies in the salient-change prior
-and segments the tumour there (stage 2: the plans' encoder + localisation and focusing modules), pastes the tumour
-back and returns ordinary 3-class logits. So ``nnUNetv2_train``, ``nnUNetv2_predict`` and the validation at the end
-of training work unchanged and write labels {0 background, 1 organ, 2 tumour}.
+The network (:class:`nnunetv2_ext.networks.cascade_tumour.CascadeTumorNet`) segments the organ with the plans' U-Net
+(stage 1), crops the organ's box (+ margin K) zoomed to the tumour stage's patch, multiplies in the salient-change
+prior and segments the tumour there (stage 2: localisation and focusing modules on the plans' encoder, or the
+dual-branch multi-scale encoder), pastes the tumour back and returns ordinary 3-class logits. ``nnUNetv2_train``,
+``nnUNetv2_predict`` and the validation at the end of training work unchanged and write labels {0 background,
+1 organ, 2 tumour}; at prediction the box is found on the whole case (see :mod:`nnunetv2_ext.two_stage.inference`).
 
 Commands (2d or 3d_fullres)::
 
     nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres
-    nnUNetv2_train ID 3d_fullres FOLD -tr nnUNetTrainerCascadeTumor
+    nnUNetv2_train ID 3d_fullres FOLD -tr nnUNetTrainerCascadeTumor            # or ...DualBranch
     nnUNetv2_predict -i IN -o OUT -d ID -c 3d_fullres -f FOLD -tr nnUNetTrainerCascadeTumor
 
 See ``trainers_docs/nnUNetTrainerCascadeTumor.md``.
@@ -18,28 +19,42 @@ See ``trainers_docs/nnUNetTrainerCascadeTumor.md``.
 from __future__ import annotations
 
 import os
+import random
 from typing import List, Optional
 
 import numpy as np
 import torch
-from torch._dynamo import OptimizedModule
-
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_ext.losses.cascade import CascadeTumorLoss
-from nnunetv2_ext.networks.cascade_tumour import CascadeTumorNet, TumourStageNet
+from nnunetv2_ext.losses.cascade import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, CascadeTumorLoss,
+                                         PaperNormalisedSharedBoundaryLoss, TumourStageLoss, focus_level_weights,
+                                         stage1_loss)
+from nnunetv2_ext.networks.cascade_tumour import (EMPTY_ORGAN_FALLBACKS, CascadeTumorNet, DualBranchEncoder,
+                                                  TumourStageNet, truncate_encoder)
+from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
+from nnunetv2_ext.two_stage.boxes import boxes_exceeding_patch, check_margin_leaves_room, margin_in_mm
 from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
+from nnunetv2_ext.two_stage.data_loader import OrganCentredDataLoader
+from nnunetv2_ext.two_stage.inference import install_case_level_prediction, set_current_case, unwrap_network
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
-                                          TrainingStep, step_boundaries, step_for_epoch)
-from nnunetv2_ext.losses.shared_boundary import InterClassSharedBoundaryLoss
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
+                                          StepSchedule, TrainingStep, cascade_schedule)
 
-__all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorTiny"]
+__all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorDualBranch", "nnUNetTrainerCascadeTumorTiny",
+           "nnUNetTrainerCascadeTumorDualBranchTiny"]
+
+ENCODERS = ("plans", "dual_branch")
+
+# nnUNetv2_predict imports this module (to find the trainer) before it builds the network: from then on nnU-Net's
+# predictor hands the cascade the whole case instead of tiles (other networks are not affected).
+install_case_level_prediction()
 
 
 class _LossOnAuxiliary:
@@ -53,40 +68,93 @@ class _LossOnAuxiliary:
         return self.loss(output, self.trainer.cascade_network.auxiliary, target)
 
 
+def _stage2_total_stride(configuration_manager: ConfigurationManager, num_stages: int) -> List[int]:
+    strides = configuration_manager.network_arch_init_kwargs.get("strides")
+    if strides is None:
+        raise ValueError(f"the cascade builds stage 2 from the plans' encoder; architecture "
+                         f"{configuration_manager.network_arch_class_name} has no 'strides' in its arch_kwargs")
+    dims = len(configuration_manager.patch_size)
+    strides = [[s] * dims if isinstance(s, int) else list(s) for s in strides][:num_stages]
+    return [int(v) for v in np.prod(np.array(strides), axis=0)]
+
+
 class nnUNetTrainerCascadeTumor(nnUNetTrainer):
     """Cascade organ -> tumour trainer. Parameters (class attributes; derive a class to change them):
 
-    - ``crop_margin`` (K): voxels added around the organ box on each side (int or one per spatial axis).
-    - ``empty_organ_fallback``: ``'no_tumour'`` (skip stage 2 where stage 1 finds no organ in the patch) or
-      ``'whole_patch'`` (run stage 2 on the whole patch).
-    - ``separate_fraction``, ``joint_reference_fraction``: fractions of ``num_epochs`` for steps S and I (paper:
-      2 and 4 of 56 epochs); J takes the rest.
+    - ``crop_margin`` (K = 8): voxels added around the organ box on each side (int or one per cropped axis: 2 in
+      2d, 3 in 3d); logged in mm. 2K plus stage 2's total stride must fit in the patch.
+    - ``box_jitter`` (0.25): in training each side's margin is drawn from K (1 +- 0.25), so stage 2 sees boxes of
+      varying tightness (stage 1's predicted boxes at test time are not the reference's).
+    - ``largest_component`` (True): boxes from stage 1's prediction use its largest connected component.
+    - ``stage2_max_zoom`` (4): largest magnification of the organ box onto stage 2's patch.
+    - ``stage2_num_stages`` (5, the paper's depth: localisation + 4 focusing levels): stage 2 uses the plans'
+      first that many encoder stages.
+    - ``encoder`` ('plans' | 'dual_branch' = Eq. 1-4).
+    - ``empty_organ_fallback``: 'no_tumour' (no organ found: no tumour stage) or 'whole_image'.
+    - ``separate_fraction``, ``joint_reference_fraction``: shares of ``num_epochs`` for steps S and I (paper: 2 and 4
+      of 56 epochs); J takes the rest.
     - ``seg2_weight`` (alpha = 0.9), ``shared_boundary_weight`` (beta = 0.4): Eq. 17.
-    - ``stage1_ce_weight``: nnU-Net's CE added to stage 1's Dice loss (0 = Dice only, Eq. 10).
-    - ``map_kernel_size`` (7): prediction convolutions of stage 2; ``boundary_window`` (15): Eq. 12's window.
-    - ``foreground_oversampling`` (0.5, nnU-Net: 0.33): share of patches centred on organ/tumour; stage 2 only
-      learns from patches that hold the organ.
+    - ``stage1_loss`` ('dice_ce', nnU-Net's default; 'dice' = the paper's Eq. 10).
+    - ``focus_weights`` ((1, 1, 2, 4), Eq. 13), ``map_kernel_size`` (7), ``boundary_window`` (15, Eq. 12).
+    - ``foreground_oversampling`` (0.5, nnU-Net: 0.33): share of patches holding the organ (placed so that they hold
+      its whole box, :class:`~nnunetv2_ext.two_stage.data_loader.OrganCentredDataLoader`).
+    - ``seed`` (None): when set, Python / numpy / torch are seeded and the augmentation workers run in a fixed order
+      with fixed seeds (``MultiThreadedAugmenter``), so a run is repeatable (tests, ablations).
     """
     crop_margin = 8
+    box_jitter = 0.25
+    largest_component = True
+    stage2_max_zoom = 4.0
+    stage2_num_stages = 5
+    encoder = "plans"
     empty_organ_fallback = "no_tumour"
     separate_fraction = PAPER_SEPARATE_FRACTION
     joint_reference_fraction = PAPER_JOINT_REFERENCE_FRACTION
     seg2_weight = 0.9
     shared_boundary_weight = 0.4
-    stage1_ce_weight = 1.0
+    stage1_loss = "dice_ce"
+    focus_weights = PAPER_FOCUS_WEIGHTS
     map_kernel_size = 7
     boundary_window = 15
     foreground_oversampling = 0.5
+    seed: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if self.seed is not None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
         check_cascade_labels(self.label_manager, self.plans_manager.dataset_name)
+        self._check_parameters()
         # the cascade has its own multi-output loss; nnU-Net's deep supervision would only add stage-1 outputs
         self.enable_deep_supervision = False
         self.oversample_foreground_percent = self.foreground_oversampling
+        self.schedule: StepSchedule = cascade_schedule(self.separate_fraction, self.joint_reference_fraction)
         self.cascade_step: TrainingStep = STEP_J
         self._epoch_terms: List[dict] = []
+
+    def _check_parameters(self) -> None:
+        cls = type(self).__name__
+        if self.stage1_loss not in STAGE1_LOSSES:
+            raise ValueError(f"{cls}.stage1_loss must be one of {STAGE1_LOSSES}, got {self.stage1_loss!r}")
+        if self.empty_organ_fallback not in EMPTY_ORGAN_FALLBACKS:
+            raise ValueError(f"{cls}.empty_organ_fallback must be one of {EMPTY_ORGAN_FALLBACKS}, got "
+                             f"{self.empty_organ_fallback!r}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"{cls}.encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if not self.stage2_max_zoom >= 1:
+            raise ValueError(f"{cls}.stage2_max_zoom must be >= 1, got {self.stage2_max_zoom}")
+        if int(self.stage2_num_stages) < 2:
+            raise ValueError(f"{cls}.stage2_num_stages must be >= 2, got {self.stage2_num_stages}")
+        cascade_schedule(self.separate_fraction, self.joint_reference_fraction)  # validates the fractions
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        stride = _stage2_total_stride(self.configuration_manager, self.stage2_num_stages)
+        try:
+            self.crop_margin_voxels = check_margin_leaves_room(self.crop_margin, patch, stride)
+        except ValueError as e:
+            raise ValueError(f"{cls} on {self.plans_manager.dataset_name} {self.configuration_name}: {e}") from None
 
     # ---------------------------------------------------------------- network
     @classmethod
@@ -104,17 +172,21 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             raise ValueError(f"{cls.__name__} builds stage 2 on the plans' encoder; architecture "
                              f"{configuration_manager.network_arch_class_name} has no dynamic_network_architectures "
                              f"encoder")
-        stage2 = TumourStageNet(backbone.encoder, cls.map_kernel_size)
-        return CascadeTumorNet(stage1, stage2, SalientChangeModule(backbone.encoder.conv_op, num_input_channels),
-                               crop_margin=cls.crop_margin, empty_organ_fallback=cls.empty_organ_fallback)
+        encoder = truncate_encoder(backbone.encoder, cls.stage2_num_stages)
+        if cls.encoder == "dual_branch":
+            encoder = DualBranchEncoder(encoder, num_input_channels)
+        stage2 = TumourStageNet(encoder, cls.map_kernel_size)
+        return CascadeTumorNet(stage1, stage2, SalientChangeModule(encoder.conv_op, num_input_channels),
+                               crop_margin=cls.crop_margin, stage2_patch_size=configuration_manager.patch_size,
+                               max_zoom=cls.stage2_max_zoom, empty_organ_fallback=cls.empty_organ_fallback,
+                               box_jitter=cls.box_jitter, largest_component=cls.largest_component)
 
     @property
     def cascade_network(self) -> CascadeTumorNet:
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
+        return unwrap_network(self.network)
 
     def _do_i_compile(self):
-        # per-sample crops of varying size would recompile the graph all the time
+        # crops and boxes change every step; compiling would recompile all the time
         return False
 
     def set_deep_supervision_enabled(self, enabled: bool):
@@ -126,10 +198,17 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             self._check_dataset_content()
         super().initialize()
         self.cascade_network.record_auxiliary = True
-        start_i, start_j = step_boundaries(self.num_epochs, self.separate_fraction, self.joint_reference_fraction)
-        self.print_to_log_file(f"Cascade steps: S epochs [0, {start_i}), I [{start_i}, {start_j}), "
-                               f"J [{start_j}, {self.num_epochs}); crop margin K = {self.crop_margin}, "
-                               f"empty-organ fallback '{self.empty_organ_fallback}'")
+        spacing = [float(s) for s in self.configuration_manager.spacing]
+        mm = ", ".join(f"{v:.1f}" for v in margin_in_mm(self.crop_margin_voxels, spacing))
+        net = self.cascade_network
+        self.print_to_log_file(
+            f"Cascade steps: {self.schedule.describe(self.num_epochs)}; crop margin K = {self.crop_margin_voxels} "
+            f"voxels = ({mm}) mm at spacing {tuple(spacing)}; tumour stage patch {net.stage2_patch_size}, zoom <= "
+            f"{self.stage2_max_zoom}; stage 2: {self.encoder} encoder, {net.stage2.num_focus_levels} focusing "
+            f"levels, weights {focus_level_weights(net.stage2.num_focus_levels, self.focus_weights)}; stage-1 loss "
+            f"{self.stage1_loss}; empty-organ fallback '{self.empty_organ_fallback}'")
+        if self._organ_box_report:
+            self.print_to_log_file(self._organ_box_report)
 
     def _check_dataset_content(self) -> None:
         folder = self.preprocessed_dataset_folder
@@ -137,21 +216,92 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             raise FileNotFoundError(f"preprocessed data {folder} is missing; run nnUNetv2_plan_and_preprocess first")
         dataset = infer_dataset_class(folder)(folder)
         check_tumour_inside_organ(dataset, dataset.identifiers, self.plans_manager.dataset_name)
+        self._organ_box_report = self._organ_box_sizes(dataset)
+
+    def _organ_box_sizes(self, dataset) -> str:
+        """How many training cases' organ boxes (+2K) exceed the patch (their box is cut in training)."""
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        sizes, names = [], []
+        for identifier in dataset.identifiers:
+            locations = dataset.load_case(identifier)[3].get("class_locations", {})
+            voxels = [np.asarray(locations[c]) for c in (1, 2) if c in locations and len(locations[c])]
+            if not voxels:
+                continue
+            v = np.concatenate(voxels)[:, 1:]
+            if len(patch) == 2:  # per slice: the largest in-plane extent over slices
+                extent = np.zeros(2, dtype=int)
+                for z in np.unique(v[:, 0]):
+                    s = v[v[:, 0] == z][:, 1:]
+                    extent = np.maximum(extent, s.max(0) - s.min(0) + 1)
+                sizes.append(extent.tolist())
+            else:
+                sizes.append((v.max(0) - v.min(0) + 1).tolist())
+            names.append(identifier)
+        too_big = boxes_exceeding_patch(sizes, self.crop_margin_voxels, patch)
+        text = f"Cascade: organ box + 2K fits the patch {tuple(patch)} in {len(sizes) - len(too_big)} of " \
+               f"{len(sizes)} cases"
+        if too_big:
+            text += f"; larger (box cut in training, shrunk onto stage 2's patch at prediction): " + \
+                    ", ".join(names[i] for i in too_big[:20])
+        return text
 
     def _build_loss(self):
-        stage1 = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
-                                 "do_bg": False, "ddp": self.is_ddp}, {}, weight_ce=self.stage1_ce_weight,
-                                weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
-        self.cascade_loss = CascadeTumorLoss(stage1, self.seg2_weight, self.shared_boundary_weight,
-                                             InterClassSharedBoundaryLoss(), self.boundary_window)
+        levels = self.cascade_network.stage2.num_focus_levels
+        tumour = TumourStageLoss(focus_level_weights(levels, self.focus_weights), window=self.boundary_window)
+        self.cascade_loss = CascadeTumorLoss(
+            stage1_loss(self.stage1_loss, self.configuration_manager.batch_dice, self.is_ddp), self.seg2_weight,
+            self.shared_boundary_weight, PaperNormalisedSharedBoundaryLoss(), tumour)
         return _LossOnAuxiliary(self.cascade_loss, self)
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, with foreground patches placed on the whole organ box (OrganCentredDataLoader) and,
+        when ``seed`` is set, workers in a fixed order with fixed seeds."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+        val_transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
+                                                        foreground_labels=lm.foreground_labels, regions=None,
+                                                        ignore_label=lm.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
+                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = OrganCentredDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
+                                       transforms=tr_transforms, organ_labels=(1, 2), margin=self.crop_margin_voxels,
+                                       **common)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm, transforms=val_transforms,
+                                  **common)
+        n_proc = get_allowed_n_proc_DA()
+        pin = self.device.type == "cuda"
+        if n_proc == 0:
+            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        elif self.seed is not None:
+            mt_train = MultiThreadedAugmenter(dl_tr, None, n_proc, 2, [self.seed + i for i in range(n_proc)],
+                                              pin_memory=pin)
+            n_val = max(1, n_proc // 2)
+            mt_val = MultiThreadedAugmenter(dl_val, None, n_val, 2, [self.seed + 100 + i for i in range(n_val)],
+                                            pin_memory=pin)
+        else:
+            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
+                                                    pin_memory=pin, wait_time=0.002)
+            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2),
+                                                  num_cached=max(3, n_proc // 4), seeds=None, pin_memory=pin,
+                                                  wait_time=0.002)
+        _ = next(mt_train)
+        _ = next(mt_val)
+        return mt_train, mt_val
 
     # ---------------------------------------------------------------- steps S / I / J
     def apply_cascade_step(self) -> TrainingStep:
         """Sets the step of the current epoch (pure function of the epoch, so it is restored by ``--c``)."""
-        self.cascade_step = step_for_epoch(self.current_epoch, self.num_epochs, self.separate_fraction,
-                                           self.joint_reference_fraction)
-        self.cascade_network.set_prior_enabled(self.cascade_step.prior_enabled)
+        self.cascade_step = self.schedule.step_for_epoch(self.current_epoch, self.num_epochs)
+        self.cascade_network.set_prior(self.cascade_step.prior_enabled, self.cascade_step.joint)
         return self.cascade_step
 
     def on_train_epoch_start(self):
@@ -179,10 +329,12 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         net = self.cascade_network
         if self._epoch_terms:
-            means = {k: np.nanmean([t[k] for t in self._epoch_terms]) if not all(
+            means = {k: float(np.nanmean([t[k] for t in self._epoch_terms])) if not all(
                 np.isnan(t[k]) for t in self._epoch_terms) else float("nan") for k in self._epoch_terms[0]}
-            self.print_to_log_file("Cascade loss terms: " + ", ".join(f"L_{k} {v:.4f}" for k, v in means.items()) +
-                                   f"; patches without organ box: {net.num_empty_organ_patches}/{net.num_patches}")
+            self.print_to_log_file(
+                "Cascade loss terms: " + ", ".join(f"L_{k} {v:.4f}" for k, v in means.items()) +
+                f"; patches without organ box: {net.num_empty_organ_patches}/{net.num_patches}; patches whose organ "
+                f"touches the patch border: {net.num_truncated_organ_patches}/{net.num_patches}")
 
     def validation_step(self, batch: dict) -> dict:
         self.cascade_network.set_reference_organ(self._reference_organ(batch["target"]))
@@ -192,34 +344,48 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             self.cascade_network.set_reference_organ(None)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's validation, with the cascade predicting whole cases; the per-case lines go to the training log
+        and ``validation/cascade_prediction_log.jsonl``."""
         net = self.cascade_network
         net.record_auxiliary = False
         net.set_reference_organ(None)
+        net.case_logger = self.print_to_log_file
+        original_dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
+        folder = os.path.join(self.output_folder, "validation")
+
+        class _NamingDataset(original_dataset_class):
+            """Declares each validation case to the case-level predictor (its log names the case)."""
+
+            def load_case(self, identifier):
+                loaded = super().load_case(identifier)
+                set_current_case(identifier, loaded[3], folder)
+                return loaded
+
+        self.dataset_class = _NamingDataset
         try:
             super().perform_actual_validation(save_probabilities)
         finally:
+            self.dataset_class = original_dataset_class
+            set_current_case(None)
             net.record_auxiliary = True
-        self._log_empty_validation_cases()
+            net.case_logger = None
 
-    def _log_empty_validation_cases(self) -> None:
-        """Per case: stage 1 found no organ anywhere (so the documented fallback gave no tumour either)."""
-        folder = os.path.join(self.output_folder, "validation")
-        if not os.path.isdir(folder):
-            return
-        ending = self.dataset_json["file_ending"]
-        reader = self.plans_manager.image_reader_writer_class()
-        for name in sorted(f for f in os.listdir(folder) if f.endswith(ending)):
-            seg, _ = reader.read_seg(os.path.join(folder, name))
-            if not (seg > 0).any():
-                self.print_to_log_file(f"Cascade: {name[:-len(ending)]}: stage 1 found no organ; fallback "
-                                       f"'{self.empty_organ_fallback}': no organ and no tumour predicted")
+
+class nnUNetTrainerCascadeTumorDualBranch(nnUNetTrainerCascadeTumor):
+    """The cascade with the paper's dual-branch multi-scale encoder in stage 2 (Eq. 1-4)."""
+    encoder = "dual_branch"
 
 
 class nnUNetTrainerCascadeTumorTiny(TinyTrainingMixin, nnUNetTrainerCascadeTumor):
-    """The cascade shrunk for CPU tests: 10 epochs of 25 iterations = 1 S, 3 I, 6 J, mostly organ patches (stage 1
-    finds the phantom's organ after about 80 iterations, so J gets boxes from its own prediction)."""
+    """The cascade shrunk for CPU tests: 10 epochs of 25 iterations = 1 S, 4 I, 5 J, mostly organ patches, seeded
+    (repeatable with workers on)."""
     tiny_num_epochs = 10
     tiny_iterations_per_epoch = 25
     separate_fraction = 0.1
-    joint_reference_fraction = 0.3
+    joint_reference_fraction = 0.4
     foreground_oversampling = 0.75
+    seed = 12345
+
+
+class nnUNetTrainerCascadeTumorDualBranchTiny(nnUNetTrainerCascadeTumorTiny):
+    encoder = "dual_branch"

@@ -8,9 +8,11 @@ Shared API (keep it stable; additive changes only, announced in commit messages 
     ``Box = ((start, stop), ...)`` per spatial axis, stop exclusive, voxels of the array it was computed on; boxes may
     reach outside the array (crops pad that part). ``crop_ndim``: 2 = one box per slice (axes Y, X of a (Z, Y, X)
     case, nnU-Net 2d), 3 = one box per case.
-    ``bounding_box(mask) -> Box | None``; ``grow_box(box, K)``; ``normalise_margin(K, ndim)`` (K voxels, int or one
-    per axis, >= 0, else ValueError); ``fit_box_to_patch(box, patch_size, max_zoom) -> (box, out_size, zoom)`` (box
-    grown to the patch's aspect, zoom >= 1 that maps it onto the patch: small organs are magnified);
+    ``bounding_box(mask) -> Box | None``; ``largest_component(mask)`` (drops stage-1 false positives);
+    ``grow_box(box, K)`` (K per axis, or (before, after) per axis); ``jitter_margin(K, ndim, jitter)`` (training
+    augmentation of the box); ``normalise_margin(K, ndim)`` (K voxels, int or one per axis, >= 0, else ValueError);
+    ``fit_box_to_patch(box, patch_size, max_zoom, min_zoom=1) -> (box, out_size, zoom)`` (box grown to the patch's
+    aspect and the zoom that maps it onto the patch: small organs are magnified; min_zoom < 1 also shrinks);
     ``case_boxes(mask, crop_ndim, spacing) -> CaseBoxes`` (the boxes of a WHOLE case's mask, per slice or per
     volume, with the union box and its extent in mm); ``box_in_mm``, ``margin_in_mm``, ``format_box`` (logs);
     ``check_margin_leaves_room(K, patch_size, min_room)`` (bad-input check).
@@ -30,6 +32,20 @@ Shared API (keep it stable; additive changes only, announced in commit messages 
     (frozen, validated; the last step takes the rest of ``num_epochs``): ``starts(num_epochs)``,
     ``step_for_epoch(epoch, num_epochs)``, ``describe(num_epochs)``. The cascade's S / I / J:
     ``CASCADE_SCHEDULE`` / ``cascade_schedule(separate_fraction, joint_reference_fraction)``.
+
+``inference`` (case-level prediction through nnU-Net's predictor)
+    A network with ``predict_case_logits(data (C, *S), context: CaseContext) -> (heads, *S) logits`` gets the WHOLE
+    preprocessed case from ``nnUNetv2_predict`` and the end-of-training validation, once
+    ``install_case_level_prediction()`` ran in the process (do it at import of the trainer module; other networks
+    are unaffected). ``CaseContext``: case name, spacing (mm) of the data grid, patch size, tile step, Gaussian,
+    mirror axes, device, output folder, ``log``. Helpers: ``sliding_window(fn, image, tile_size, num_channels)``
+    (nnU-Net's tiling; a leading 1 in the tile for 2d networks on (C, Z, Y, X)), ``mirrored(fn, axes)`` (TTA),
+    ``write_case_record(folder, filename, record)`` (one JSON line per case), ``current_case(...)`` /
+    ``set_current_case(...)`` (who is being predicted; the trainer sets it during validation).
+
+``data_loader``
+    ``OrganCentredDataLoader(..., organ_labels, margin)``: nnU-Net's loader whose forced-foreground patches hold the
+    whole organ box (+ K) of the case (2d: of the slice) wherever it fits; state-free (worker-safe).
 
 ``checks``
     ``check_cascade_labels(label_manager, dataset_name)`` (labels exactly 0 / 1 organ / 2 tumour),

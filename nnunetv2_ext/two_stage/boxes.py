@@ -34,6 +34,31 @@ def bounding_box(mask) -> Optional[Box]:
     return tuple(box)
 
 
+def largest_component(mask):
+    """The largest connected component (face connectivity) of a binary mask (torch tensor or numpy array, any
+    dimension), same type and device; an empty mask is returned unchanged. Removes stage-1 false positives far
+    from the organ before its box is taken."""
+    from scipy import ndimage
+    is_torch = isinstance(mask, torch.Tensor)
+    array = mask.detach().cpu().numpy().astype(bool) if is_torch else np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(array)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        array = labels == (int(np.argmax(sizes)) + 1)
+    return torch.from_numpy(array).to(mask.device) if is_torch else array
+
+
+def jitter_margin(margin: Margin, ndim: int, jitter: float, rng=None) -> Tuple[Tuple[int, int], ...]:
+    """Per axis (before, after) margins drawn uniformly from ``K * (1 +- jitter)`` (training augmentation of the box:
+    the second stage sees boxes of varying tightness, as stage 1's predicted boxes will be). ``rng``: a numpy
+    Generator / RandomState; default numpy's global state (seeded runs stay repeatable)."""
+    k = normalise_margin(margin, ndim)
+    if not 0 <= jitter <= 1:
+        raise ValueError(f"box jitter must lie in [0, 1], got {jitter}")
+    rng = rng if rng is not None else np.random
+    return tuple(tuple(int(round(m * (1 + jitter * rng.uniform(-1, 1)))) for _ in range(2)) for m in k)
+
+
 def whole_box(spatial_shape: Sequence[int]) -> Box:
     return tuple((0, int(s)) for s in spatial_shape)
 
@@ -59,8 +84,12 @@ def normalise_margin(margin: Margin, ndim: int) -> Tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def grow_box(box: Box, margin: Margin) -> Box:
-    """Box grown by K voxels on each side (not clipped: the part outside the image is padded when cropping)."""
+def grow_box(box: Box, margin) -> Box:
+    """Box grown by K voxels on each side (not clipped: the part outside the image is padded when cropping);
+    ``margin`` may also give (before, after) per axis (see :func:`jitter_margin`)."""
+    if not isinstance(margin, (int, np.integer)) and len(margin) == len(box) and all(
+            isinstance(m, (tuple, list)) for m in margin):
+        return tuple((lo - int(a), hi + int(b)) for (lo, hi), (a, b) in zip(box, margin))
     k = normalise_margin(margin, len(box))
     return tuple((lo - m, hi + m) for (lo, hi), m in zip(box, k))
 
@@ -80,29 +109,31 @@ def expand_box(box: Box, margin: Margin, multiple_of: Sequence[int], min_size: S
     return tuple(out)
 
 
-def fit_box_to_patch(box: Box, patch_size: Sequence[int], max_zoom: float = 4.0
+def fit_box_to_patch(box: Box, patch_size: Sequence[int], max_zoom: float = 4.0, min_zoom: float = 1.0
                      ) -> Tuple[Box, Tuple[int, ...], float]:
     """Box grown symmetrically to the aspect ratio of ``patch_size`` and the zoom that maps it onto the patch.
 
-    ``zoom = min(max_zoom, min_i patch_i / size_i)``, at least 1 (a box larger than the patch is not shrunk: the
-    second stage then covers it in tiles of ``patch_size``). The box is grown to ``size_i' = max(size_i,
-    round(patch_i / zoom))``; the crop is resampled to ``out_i = max(patch_i, round(size_i' * zoom))`` voxels, which
-    is exactly ``patch_size`` whenever the box fits. Returns (grown box, out size, zoom).
+    ``zoom = clip(min_i patch_i / size_i, min_zoom, max_zoom)``: a small box is magnified (at most ``max_zoom``), a
+    box larger than the patch is shrunk down to ``min_zoom`` (default 1: not shrunk; the second stage then has to
+    cover it in tiles). The box is grown to ``size_i' = max(size_i, round(patch_i / zoom))``; the crop is resampled to
+    ``out_size`` voxels, which is exactly ``patch_size`` unless ``min_zoom`` kept a box larger than the patch (then
+    ``round(size_i' * zoom)`` on those axes). Returns (grown box, out size, zoom).
     """
     if len(patch_size) != len(box):
         raise ValueError(f"box {box} and patch size {tuple(patch_size)} differ in dimension")
-    if max_zoom < 1:
-        raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
+    if not 0 < min_zoom <= 1 <= max_zoom:
+        raise ValueError(f"need 0 < min_zoom <= 1 <= max_zoom, got {min_zoom}, {max_zoom}")
     sizes = box_size(box)
     if min(sizes) < 1:
         raise ValueError(f"empty box {box}")
-    zoom = max(1.0, min(float(max_zoom), min(p / s for p, s in zip(patch_size, sizes))))
+    fit = min(p / s for p, s in zip(patch_size, sizes))
+    zoom = max(float(min_zoom), min(float(max_zoom), fit))
     grown, out = [], []
     for (lo, hi), size, p in zip(box, sizes, patch_size):
         new_size = max(size, int(round(p / zoom)))
         lo -= (new_size - size) // 2
         grown.append((lo, lo + new_size))
-        out.append(max(int(p), int(round(new_size * zoom))))
+        out.append(int(p) if zoom <= fit else max(int(p), int(round(new_size * zoom))))
     return tuple(grown), tuple(out), zoom
 
 

@@ -295,7 +295,9 @@ class CoarseToFineLoss(nn.Module):
     ``E_R`` is nnU-Net's Dice + CE (``region_loss``, called as ``region_loss(logits, target)``); the coarse term acts
     on the coarse logits of the whole input, E_R(fine) on the pasted full-size output. With the MLN head
     (``mln_weights`` given), the branch terms act on each sample's crop (reference and signed distance maps cropped
-    with the same box), averaged over the samples that have a box: E_R(region) on the region branch, E_B
+    with the same box), averaged over the samples that have a box: E_R(region) on the region branch (computed by
+    ``branch_region_loss``, default ``region_loss``: it is called once per sample with a box, a number that differs
+    between DDP ranks, so it must not synchronise across ranks as nnU-Net's DDP batch Dice does), E_B
     (:class:`~nnunetv2_ext.networks.mln.MLNBoundaryTerm`) on the boundary branch, E_P = CE at the pixel branch's
     points. A weight that is 0 in the current epoch skips its term. :attr:`last_terms` holds the unweighted terms of
     the last call (nan where not computed).
@@ -305,7 +307,7 @@ class CoarseToFineLoss(nn.Module):
 
     def __init__(self, region_loss: nn.Module, coarse_weight: float = 0.3, fine_weight: float = 2 / 3,
                  mln_weights: Optional[MLNLossWeights] = None, boundary_term: Optional[MLNBoundaryTerm] = None,
-                 ignore_label: Optional[int] = None):
+                 ignore_label: Optional[int] = None, branch_region_loss: Optional[nn.Module] = None):
         super().__init__()
         for name, w in (("coarse_weight (omega_1)", coarse_weight), ("fine_weight (omega_2)", fine_weight)):
             if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
@@ -313,6 +315,7 @@ class CoarseToFineLoss(nn.Module):
         if mln_weights is not None and boundary_term is None:
             raise ValueError("CoarseToFineLoss: the MLN terms need a boundary term (MLNBoundaryTerm)")
         self.region_loss = region_loss
+        self.branch_region_loss = branch_region_loss if branch_region_loss is not None else region_loss
         self.coarse_weight, self.fine_weight = float(coarse_weight), float(fine_weight)
         self.mln_weights = mln_weights
         self.boundary_term = boundary_term
@@ -360,7 +363,7 @@ class CoarseToFineLoss(nn.Module):
                 continue
             seg = crop_with_padding(target[b:b + 1].float(), box, 0.0).round().long()
             if weights["region"] != 0:
-                sums["region"].append(self.region_loss(fine.region, seg))
+                sums["region"].append(self.branch_region_loss(fine.region, seg))
             if weights["boundary"] != 0:
                 reference = crop_with_padding(sdm[b:b + 1].float(), box, float(sdm[b].max().clamp_min(0)))
                 sums["boundary"].append(self.boundary_term(fine.sdm, seg, reference))
