@@ -104,6 +104,8 @@ setup(
             "nnunetv2_ext_convert_msd=nnunetv2_ext.dataset_conversion.msd:main",
             "nnunetv2_ext_convert_flare22=nnunetv2_ext.dataset_conversion.flare22:main",
             "nnunetv2_ext_pnss_schedule=nnunetv2_ext.sampling.schedule_cli:main",
+            "nnunetv2_ext_pseudolabel=nnunetv2_ext.semisupervised.cli:pseudolabel_main",
+            "nnunetv2_ext_self_train=nnunetv2_ext.semisupervised.cli:self_train_main",
         ])
     },
 )

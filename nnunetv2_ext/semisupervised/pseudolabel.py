@@ -35,11 +35,11 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, guess_file_ending, read_segmentation,
                                         reader_class)
 from nnunetv2_ext.semisupervised.consensus import averaged_from_probabilities, check_level, consensus_score
+from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
 
 MANIFEST_NAME = "pseudo_labels.json"
 SCORES_NAME = "scores.csv"
 HISTOGRAM_NAME = "scores_histogram.png"
-UNLABELLED_IMAGES = "imagesUnlabeled"  # where the FLARE22 converter (--write-unlabeled) puts the unlabelled images
 
 
 class PseudoLabelError(ValueError):

@@ -251,9 +251,12 @@ class SelfTrainRunner:
             os.makedirs(pre, exist_ok=True)
         self._run([["nnUNetv2_move_plans_between_datasets", "-s", str(c.dataset_id), "-t", did, "-sp", c.plans,
                     "-tp", c.plans]], f"round{round_index}_plans")
-        if not self.dry_run and isfile(join(self.raw, name, "splits_final.json")):
-            shutil.copyfile(join(self.raw, name, "splits_final.json"), join(pre, "splits_final.json"))
-            self._say(f"  copied {name}/splits_final.json to nnUNet_preprocessed (validation on labelled cases)")
+        if not self.dry_run:  # what nnUNetv2_plan_experiment would copy: dataset.json and the splits
+            shutil.copyfile(join(self.raw, name, "dataset.json"), join(pre, "dataset.json"))
+            if isfile(join(self.raw, name, "splits_final.json")):
+                shutil.copyfile(join(self.raw, name, "splits_final.json"), join(pre, "splits_final.json"))
+                self._say(f"  copied {name}/splits_final.json to nnUNet_preprocessed (validation on labelled "
+                          f"cases)")
         self._run([["nnUNetv2_preprocess", "-d", did, "-c", c.configuration, "-plans_name", c.plans, "-np",
                     str(c.num_processes)]], f"round{round_index}_preprocess")
 

@@ -1,0 +1,249 @@
+"""Cross pseudo supervision with unlabelled CT (issue 10, part 4; Chen et al. CVPR 2021 as used by Pham et al.,
+FLARE22): two networks of different architecture, each trained on the labelled patches and on the other's argmax of
+unlabelled patches.
+
+    nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres
+    nnUNetv2_train ID 3d_fullres FOLD -tr nnUNetTrainerCPS            # unlabelled cases: imagesUnlabeled/ (raw)
+    nnUNetv2_predict -i IN -o OUT -d ID -c 3d_fullres -f FOLD -tr nnUNetTrainerCPS   # mean of both softmaxes
+
+The trainer-free parts live in :mod:`nnunetv2_ext.semisupervised` (loss and ramp-up in ``cps``, networks in
+``cps_networks``, loader in ``cps_loader``, unlabelled cases in ``unlabelled``). See
+``trainers_docs/nnUNetTrainerCPS.md``.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunetv2_ext.semisupervised.cps import (CPSNetworkPair, CrossPseudoSupervisionLoss, SigmoidRampUp, agreement,
+                                             full_resolution, split_batch)
+from nnunetv2_ext.semisupervised.cps_loader import nnUNetDataLoaderCPS
+from nnunetv2_ext.semisupervised.cps_networks import RESENC_BLOCKS_PER_STAGE, build_pair_members
+from nnunetv2_ext.semisupervised.unlabelled import HOW_TO_DECLARE, UnlabelledCasesError
+from nnunetv2_ext.semisupervised.unlabelled import dataset_class as unlabelled_dataset_class
+from nnunetv2_ext.semisupervised.unlabelled import (find_unlabelled_cases, preprocess_unlabelled, preprocessed_cases,
+                                                    unlabelled_folder)
+from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
+
+__all__ = ["nnUNetTrainerCPS", "nnUNetTrainerCPSTiny"]
+
+
+class nnUNetTrainerCPS(nnUNetTrainer):
+    """Parameters (class attributes; derive a class to change them):
+
+    - ``cps_weight``: lambda(epoch) of Eq. 3, :class:`SigmoidRampUp` (maximum 1, reached after 20 % of training).
+    - ``unlabelled_batch_ratio``: unlabelled patches per labelled patch in a batch (1: as many, as in Chen et al.).
+    - ``partner_resenc_blocks``: encoder blocks per stage when network B is the residual-encoder U-Net.
+    - ``unlabelled_preprocessing_processes``: processes for preprocessing the unlabelled cases at the first start.
+    """
+    cps_weight = SigmoidRampUp(maximum=1.0, ramp_fraction=0.2)
+    unlabelled_batch_ratio = 1.0
+    partner_resenc_blocks = RESENC_BLOCKS_PER_STAGE
+    unlabelled_preprocessing_processes = None  # None: nnU-Net's default_num_processes
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        name = type(self).__name__
+        if self.label_manager.has_regions:
+            raise ValueError(f"{name}: the dataset is region-based (sigmoid outputs); cross pseudo supervision uses "
+                             f"argmax pseudo-labels of mutually exclusive labels")
+        if not isinstance(self.cps_weight, SigmoidRampUp) and not callable(self.cps_weight):
+            raise ValueError(f"{name}: cps_weight must be a schedule w(epoch, num_epochs)")
+        self.cps_weight(0, max(1, self.num_epochs))  # validates
+        if not self.unlabelled_batch_ratio > 0:
+            raise ValueError(f"{name}: unlabelled_batch_ratio must be > 0, got {self.unlabelled_batch_ratio}")
+        self.unlabelled_cases = self._find_unlabelled_cases()  # refuses a dataset without any, before data loads
+        self.unlabelled_folder = unlabelled_folder(self.preprocessed_dataset_folder)
+        self.cps_loss = None
+        self._epoch_stats: List[dict] = []
+
+    # ---------------------------------------------------------------- unlabelled cases
+    def _find_unlabelled_cases(self) -> dict:
+        """Raw declaration (unlabelled.py), plus cases already preprocessed (a machine without nnUNet_raw)."""
+        raw = os.environ.get("nnUNet_raw")
+        raw_folder = os.path.join(raw, self.plans_manager.dataset_name) if raw else None
+        labelled = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
+            self.preprocessed_dataset_folder) if os.path.isdir(self.preprocessed_dataset_folder) else []
+        cases = {}
+        if raw_folder and os.path.isdir(raw_folder):
+            try:
+                cases = find_unlabelled_cases(raw_folder, self.dataset_json, labelled)
+            except UnlabelledCasesError as e:
+                raise ValueError(f"{type(self).__name__}: {e}") from e
+        stored = preprocessed_cases(unlabelled_folder(self.preprocessed_dataset_folder))
+        if not cases and not stored:
+            raise ValueError(f"{type(self).__name__}: dataset {self.plans_manager.dataset_name} has no unlabelled "
+                             f"cases; {HOW_TO_DECLARE}")
+        return cases
+
+    def _prepare_unlabelled(self) -> List[str]:
+        if self.local_rank == 0:
+            from nnunetv2.configuration import default_num_processes
+            n = self.unlabelled_preprocessing_processes or default_num_processes
+            cases = preprocess_unlabelled(self.unlabelled_cases, self.unlabelled_folder, self.plans_manager.plans,
+                                          self.configuration_name, self.dataset_json, n,
+                                          log=lambda *a: self.print_to_log_file(*a))
+        if self.is_ddp:
+            dist.barrier()
+        cases = preprocessed_cases(self.unlabelled_folder)
+        if not cases:
+            raise ValueError(f"{type(self).__name__}: no preprocessed unlabelled case in {self.unlabelled_folder}")
+        return cases
+
+    def on_train_start(self):
+        self.unlabelled_identifiers = self._prepare_unlabelled()
+        super().on_train_start()
+        self.print_to_log_file(f"CPS: {len(self.unlabelled_identifiers)} unlabelled cases "
+                               f"({self.unlabelled_folder}), {self.unlabelled_batch_size} unlabelled patches per "
+                               f"batch of {self.batch_size} labelled; lambda = {self.cps_weight}; networks "
+                               f"{type(self.cps_pair.net_a).__name__} + {type(self.cps_pair.net_b).__name__}")
+
+    @property
+    def unlabelled_batch_size(self) -> int:
+        return max(1, int(round(self.batch_size * self.unlabelled_batch_ratio)))
+
+    # ---------------------------------------------------------------- networks
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> CPSNetworkPair:
+        net_a, net_b = build_pair_members(configuration_manager, num_input_channels, num_output_channels,
+                                          enable_deep_supervision, cls.partner_resenc_blocks)
+        return CPSNetworkPair(net_a, net_b)
+
+    @property
+    def cps_pair(self) -> CPSNetworkPair:
+        net = self.network.module if self.is_ddp else self.network
+        return net._orig_mod if isinstance(net, OptimizedModule) else net
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        self.cps_pair.set_deep_supervision(enabled)
+
+    def _build_loss(self):
+        dice = MemoryEfficientSoftDiceLoss(apply_nonlin=lambda x: torch.softmax(x, 1),
+                                           batch_dice=self.configuration_manager.batch_dice, do_bg=False,
+                                           smooth=1e-5, ddp=self.is_ddp)
+        self.cps_loss = CrossPseudoSupervisionLoss(dice)
+        return super()._build_loss()  # nnU-Net's Dice + CE with deep supervision, applied to each network
+
+    # ---------------------------------------------------------------- data
+    def get_dataloaders(self):
+        """nnU-Net's loaders (same transforms, same augmenters), the training loader with unlabelled patches."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
+                                                        foreground_labels=lm.foreground_labels, regions=None,
+                                                        ignore_label=lm.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        unlabelled = unlabelled_dataset_class()(self.unlabelled_folder, self.unlabelled_identifiers)
+        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
+                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = nnUNetDataLoaderCPS(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm, unlabelled,
+                                    self.unlabelled_batch_size, transforms=tr_transforms, **common)
+        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm, transforms=val_transforms,
+                                  **common)
+        n_proc = get_allowed_n_proc_DA()
+        pin = self.device.type == "cuda"
+        if n_proc == 0:
+            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
+                                                    pin_memory=pin, wait_time=0.002)
+            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), num_cached=max(3, n_proc // 4),
+                                                  seeds=None, pin_memory=pin, wait_time=0.002)
+        _ = next(mt_train)
+        _ = next(mt_val)
+        return mt_train, mt_val
+
+    # ---------------------------------------------------------------- training
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.current_cps_weight = self.cps_weight(self.current_epoch, self.num_epochs)
+        self.print_to_log_file(f"CPS weight lambda = {self.current_cps_weight:.4f}")
+        self._epoch_stats = []
+
+    def train_step(self, batch: dict) -> dict:
+        data, target, unlabelled = batch["data"], batch["target"], batch["unlabelled_data"]
+        num_labelled = data.shape[0]
+        x = torch.cat([data, unlabelled]).to(self.device, non_blocking=True)
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
+            target.to(self.device, non_blocking=True)
+        weight = getattr(self, "current_cps_weight", self.cps_weight(self.current_epoch, self.num_epochs))
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            out_a, out_b = self.network(x, return_both=True)
+            lab_a, unl_a = split_batch(out_a, num_labelled)
+            lab_b, unl_b = split_batch(out_b, num_labelled)
+            sup_a = self.loss(lab_a, target)  # Eq. 1 with nnU-Net's Dice + CE, each network
+            sup_b = self.loss(lab_b, target)
+            cps = self.cps_loss(full_resolution(unl_a), full_resolution(unl_b))  # Eq. 2, Dice
+            loss = sup_a + sup_b + weight * cps  # Eq. 3
+        pair = self.cps_pair
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            for net in (pair.net_a, pair.net_b):  # nnU-Net's clipping, per network
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            for net in (pair.net_a, pair.net_b):
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+            self.optimizer.step()
+        self._epoch_stats.append({"sup_a": float(sup_a.detach()), "sup_b": float(sup_b.detach()),
+                                  "cps": float(cps.detach()),
+                                  "agreement": agreement(full_resolution(unl_a), full_resolution(unl_b)),
+                                  "unlabelled_keys": list(batch.get("unlabelled_keys", [])),
+                                  "worker_pid": batch.get("worker_pid")})
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        stats = self._epoch_stats
+        if not stats:
+            return
+        keys = [k for s in stats for k in s["unlabelled_keys"]]
+        unknown = sorted(set(keys) - set(self.unlabelled_identifiers))
+        if unknown:  # cannot happen unless the loader is broken: say so loudly
+            raise RuntimeError(f"CPS: batches held unlabelled patches of unknown cases {unknown[:5]}")
+        pids = sorted({s["worker_pid"] for s in stats if s["worker_pid"] is not None})
+        self.print_to_log_file(
+            "CPS: L_sup(A) {:.4f}, L_sup(B) {:.4f}, L_cps {:.4f} (x lambda {:.4f}), A/B agreement on unlabelled "
+            "patches {:.3f}; {} unlabelled patches from {} of {} unlabelled cases, built by worker pids {}".format(
+                np.mean([s["sup_a"] for s in stats]), np.mean([s["sup_b"] for s in stats]),
+                np.mean([s["cps"] for s in stats]), self.current_cps_weight,
+                np.mean([s["agreement"] for s in stats]), len(keys), len(set(keys)),
+                len(self.unlabelled_identifiers), pids))
+
+
+class nnUNetTrainerCPSTiny(TinyTrainingMixin, nnUNetTrainerCPS):
+    """CPS shrunk for CPU tests: TinyTrainingMixin's schedule and widths, a light residual encoder."""
+    partner_resenc_blocks = (1, 1, 1, 1, 1, 1, 1, 1)
+    unlabelled_preprocessing_processes = 1

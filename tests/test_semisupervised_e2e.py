@@ -1,0 +1,227 @@
+"""Semi-supervised learning end to end through nnU-Net's own commands (issue 10, parts 3, 4 and 6).
+
+One module-scoped phantom (6 labelled, 6 unlabelled in imagesUnlabeled/, 2 test cases; 24 x 48 x 48; 2d), planned
+and preprocessed once, then:
+
+- a self-training round with ``nnUNetv2_ext_self_train``: train 2 models (folds 0 and 1 of a test trainer that
+  learns the phantom in 300 iterations and skips nnU-Net's final validation), predict the unlabelled images, score,
+  select (top half), write and preprocess the new dataset, retrain (fold 0); a second call resumes and runs nothing;
+- ``nnUNetTrainerCPSTiny`` with 2 augmentation workers: a run that crashes after epoch 1, ``--c`` resumes it, then
+  ``nnUNetv2_predict -tr nnUNetTrainerCPSTiny`` predicts the test cases; the saved probabilities are the mean of
+  the two networks' softmax.
+"""
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_cmd
+
+pytestmark = pytest.mark.e2e
+
+LABELLED_ID, ROUND1_ID = 948, 949
+TEST_TRAINERS = '''
+import os
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
+
+
+class nnUNetTrainerSemiTest(TinyTrainingMixin, nnUNetTrainer):
+    """Finds the phantom's organ (validation Dice ~0.7 after 6 x 50 iterations); no final validation (CI time)."""
+    tiny_num_epochs = 6
+    tiny_iterations_per_epoch = 50
+    tiny_val_iterations_per_epoch = 1
+    tiny_max_features = 32
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.oversample_foreground_percent = 0.75
+
+    def perform_actual_validation(self, save_probabilities=False):
+        self.print_to_log_file("final validation skipped (test trainer)")
+
+
+class nnUNetTrainerCPSTinyCrash(nnUNetTrainerCPSTiny):
+    """Dies at the start of epoch 2 when SEMI_CRASH is set (checkpoint_latest of epoch 1 is on disk)."""
+    def on_epoch_start(self):
+        if self.current_epoch == 2 and os.environ.get("SEMI_CRASH"):
+            raise RuntimeError("simulated crash")
+        super().on_epoch_start()
+'''
+
+
+@pytest.fixture(scope="module")
+def trainer_env(tmp_path_factory):
+    """nnUNet_extTrainer with the test trainers, for the subprocesses (self-training passes it on)."""
+    from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    folder = tmp_path_factory.mktemp("semi_trainers")
+    (folder / "semi_test_trainers.py").write_text(TEST_TRAINERS)
+    return {"nnUNet_extTrainer": os.pathsep.join([str(folder), TRAINER_SEARCH_FOLDER])}
+
+
+@pytest.fixture(scope="module")
+def semi_phantom(nnunet_dirs):
+    from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
+    raw = pathlib.Path(write_semisupervised_phantom(LABELLED_ID, 6, 6, 2, str(nnunet_dirs["nnUNet_raw"]),
+                                                    shape=(24, 48, 48)))
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", LABELLED_ID, "-c", "2d", "-np", "1"])
+    return raw
+
+
+# ------------------------------------------------------------------------------------------------ self-training
+@pytest.fixture(scope="module")
+def self_train_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
+    work = tmp_path_factory.mktemp("self_train")
+    args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", ROUND1_ID, "-f", "0", "1",
+            "--final-folds", "0", "-tr", "nnUNetTrainerSemiTest", "--top-fraction", "0.5", "--work-dir", work,
+            "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
+    first = run_cmd(args, timeout=1800, env=trainer_env)
+    second = run_cmd(args, timeout=600, env=trainer_env)
+    return {"work": work, "first": first, "second": second, "args": args}
+
+
+def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs, semi_phantom):
+    out = self_train_run["first"]
+    assert out.count("$ nnUNetv2_train") == 3  # 2 models on D_0, 1 on D_1
+    assert out.count("$ nnUNetv2_predict") == 2
+    work = self_train_run["work"]
+    unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
+    for fold in (0, 1):
+        pred = work / "round_0" / "predictions" / f"nnUNetTrainerSemiTest__fold_{fold}"
+        assert sorted(p.name[:-7] for p in pred.glob("*.nii.gz")) == unlabelled
+    scores = (work / "round_0" / "pseudolabels" / "scores.csv").read_text().splitlines()
+    assert len(scores) == 1 + len(unlabelled) and scores[0].startswith("case,score,score_organ")
+    raw1 = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{ROUND1_ID}_*"))
+    manifest = json.loads((raw1 / "pseudo_labels.json").read_text())
+    selected = [s["case"] for s in manifest["selected"]]
+    assert len(selected) == 3  # top half of 6
+    assert sorted(p.name for p in (raw1 / "labelsTr").iterdir()) == sorted(
+        [p.name for p in (semi_phantom / "labelsTr").iterdir()] + [c + ".nii.gz" for c in selected])
+    # validation stays on the labelled cases; the pseudo-labelled ones are training cases of every fold
+    splits = json.loads((nnunet_dirs["nnUNet_preprocessed"] / raw1.name / "splits_final.json").read_text())
+    assert all(set(selected) <= set(f["train"]) and not set(selected) & set(f["val"]) for f in splits)
+    # D_1 reuses D_0's plans (same network and normalisation)
+    plans0 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / semi_phantom.name / "nnUNetPlans.json").read_text())
+    plans1 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / raw1.name / "nnUNetPlans.json").read_text())
+    assert plans1["configurations"]["2d"] == plans0["configurations"]["2d"]
+    final = nnunet_dirs["nnUNet_results"] / raw1.name / "nnUNetTrainerSemiTest__nnUNetPlans__2d" / "fold_0"
+    assert (final / "checkpoint_final.pth").exists()
+    state = json.loads((work / "self_train_state.json").read_text())
+    assert state["final"]["dataset"] == raw1.name and state["rounds"]["0"]["selected"] == selected
+
+
+def test_second_call_resumes_without_redoing_anything(self_train_run):
+    out = self_train_run["second"]
+    assert "$ nnUNetv2_" not in out, out[-2000:]
+    assert "selection done before" in out
+
+
+def test_self_train_bad_input_exit_2(semi_phantom, nnunet_dirs, tmp_path):
+    from nnunetv2_ext.semisupervised.self_train import main
+    base = ["-d", str(LABELLED_ID), "-c", "2d", "-o", "947", "--work-dir", str(tmp_path), "--threshold", "0.5"]
+    assert main(base + ["-f", "0"]) == 2  # one model: no consensus
+    assert main(["-d", "939", "-c", "2d", "-o", "947", "-f", "0", "1", "--threshold", "0.5"]) == 2
+    assert main(base[:-2] + ["--threshold", "1.5", "-f", "0", "1"]) == 2
+    assert main(base + ["-f", "0", "1", "--images", str(tmp_path / "none")]) == 2
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ------------------------------------------------------------------------------------------------ CPS
+@pytest.fixture(scope="module")
+def cps_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
+    env = trainer_env
+    train = ["nnUNetv2_train", LABELLED_ID, "2d", "0", "-tr", "nnUNetTrainerCPSTinyCrash", "-device", "cpu"]
+    with pytest.raises(AssertionError, match="simulated crash"):
+        run_cmd(train, timeout=900, env=dict(env, SEMI_CRASH="1"))
+    resumed = run_cmd(train + ["--c"], timeout=900, env=env)
+    pred = tmp_path_factory.mktemp("cps_pred")
+    run_cmd(["nnUNetv2_predict", "-i", semi_phantom / "imagesTs", "-o", pred, "-d", LABELLED_ID, "-c", "2d", "-f",
+             "0", "-tr", "nnUNetTrainerCPSTinyCrash", "-device", "cpu", "--disable_tta", "--save_probabilities",
+             "-npp", "1", "-nps", "1"], env=env)
+    fold = next(nnunet_dirs["nnUNet_results"].glob(
+        f"Dataset{LABELLED_ID}_*/nnUNetTrainerCPSTinyCrash__nnUNetPlans__2d/fold_0"))
+    return {"fold": fold, "pred": pred, "resumed": resumed, "env": env}
+
+
+def _log(fold):
+    return "\n".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+
+
+def test_cps_resumes_with_c_and_samples_unlabelled_cases_in_two_workers(cps_run, semi_phantom):
+    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny as T
+    log = _log(cps_run["fold"])
+    epochs = [int(e) for e in re.findall(r": Epoch (\d+)\s*$", log, re.M)]
+    assert epochs == [0, 1, 2, 3], epochs  # the crashed run did 0, 1; --c went on at 2
+    assert (cps_run["fold"] / "checkpoint_final.pth").exists()
+    unlabelled = {p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir()}
+    lines = re.findall(r"CPS: L_sup\(A\) .*? (\d+) unlabelled patches from (\d+) of (\d+) unlabelled cases, built by "
+                       r"worker pids \[([\d, ]+)\]", log)
+    assert len(lines) == T.tiny_num_epochs
+    for patches, cases, total, pids in lines:
+        assert int(patches) == T.tiny_iterations_per_epoch * T.tiny_batch_size and int(total) == len(unlabelled)
+        assert len(pids.split(",")) == 2  # nnUNet_n_proc_DA=2 workers built the batches
+    weights = [float(w) for w in re.findall(r"CPS weight lambda = ([\d.]+)", log)]
+    assert weights == pytest.approx([T.cps_weight(e, T.tiny_num_epochs) for e in range(4)], abs=1e-4)
+    assert "PlainConvUNet + ResidualEncoderUNet" in log
+
+
+def test_cps_prediction_is_the_mean_of_both_softmaxes(cps_run, semi_phantom):
+    """nnUNetv2_predict (no TTA; one tile per 48 x 48 slice) saved probabilities = mean of each network's softmax,
+    each network run alone through nnU-Net's predictor on the same image."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+    fold, pred = cps_run["fold"], cps_run["pred"]
+    cases = sorted(p.name[:-12] for p in (semi_phantom / "imagesTs").iterdir())
+    assert sorted(p.name[:-7] for p in pred.glob("*.nii.gz")) == cases
+    plans_manager = PlansManager(load_json(fold.parent / "plans.json"))
+    configuration = plans_manager.get_configuration("2d")
+    dataset_json = load_json(fold.parent / "dataset.json")
+    pair = nnUNetTrainerCPSTiny.build_network_architecture(plans_manager, configuration, 1, 2, False)
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    pair.load_state_dict(checkpoint["network_weights"])
+    image, props = SimpleITKIO().read_images([str(semi_phantom / "imagesTs" / f"{cases[0]}_0000.nii.gz")])
+    probabilities = []
+    for member in (pair.net_a, pair.net_b):
+        predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False,
+                                    device=torch.device("cpu"), allow_tqdm=False)
+        predictor.manual_initialization(member, plans_manager, configuration, [member.state_dict()], dataset_json,
+                                        "member", None)
+        probabilities.append(predictor.predict_single_npy_array(image, props, None, None, True)[1])
+    saved = np.load(pred / f"{cases[0]}.npz")["probabilities"]
+    np.testing.assert_allclose(saved, (probabilities[0] + probabilities[1]) / 2, atol=2e-3)
+    assert not np.allclose(probabilities[0], probabilities[1], atol=1e-3)  # two different networks
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{cases[0]}.nii.gz")))
+    assert seg.shape == image.shape[1:] and set(np.unique(seg)) <= {0, 1}
+
+
+def test_cps_refuses_a_dataset_without_unlabelled_cases(semi_phantom, nnunet_dirs, tmp_path):
+    """A labelled-only dataset: clear error before any data is loaded."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+    pre = nnunet_dirs["nnUNet_preprocessed"]
+    raw = semi_phantom  # with its unlabelled cases hidden for a moment
+    plans = load_json(pre / raw.name / "nnUNetPlans.json")
+    dataset_json = load_json(pre / raw.name / "dataset.json")
+    stored = pre / raw.name / "nnUNetPlans_2d_unlabelled"
+    hidden = [(raw / "imagesUnlabeled", tmp_path / "u"), (stored, tmp_path / "s")]
+    for src, dst in hidden:
+        if src.exists():
+            os.rename(src, dst)
+    try:
+        plans["continue_training"] = False
+        with pytest.raises(ValueError, match="no unlabelled cases.*imagesUnlabeled"):
+            nnUNetTrainerCPSTiny(plans, "2d", 1, dataset_json, torch.device("cpu"))
+    finally:
+        for src, dst in hidden:
+            if dst.exists():
+                os.rename(dst, src)
