@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -322,8 +324,12 @@ class nnUNetTrainerCoarseToFineMLN(nnUNetTrainerCoarseToFine):
     def build_loss_module(self, region_loss: nn.Module) -> CoarseToFineLoss:
         ignore = self.label_manager.ignore_label
         scale = self.mln_sdm_scale_voxels * min(self.configuration_manager.spacing)
+        # nnU-Net's Dice + CE for the per-crop region branch, without DDP synchronisation (called per sample)
+        branch_region = DC_and_CE_loss({"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5,
+                                        "do_bg": False, "ddp": False}, {}, weight_ce=1, weight_dice=1,
+                                       ignore_label=ignore, dice_class=MemoryEfficientSoftDiceLoss)
         return CoarseToFineLoss(region_loss, self.coarse_weight, self.fine_weight, self.mln_weights,
-                                MLNBoundaryTerm(scale, ignore_label=ignore), ignore)
+                                MLNBoundaryTerm(scale, ignore_label=ignore), ignore, branch_region)
 
     # the boundary branch needs the signed distance maps of the augmented target, computed in the workers
     def get_training_transforms(self, *args, **kwargs):

@@ -1,0 +1,201 @@
+"""Coarse-to-fine end to end through nnU-Net's own commands (issue 12), augmentation workers on (nnUNet_n_proc_DA=2).
+
+One module-scoped set-up on the phantom (10 training + 2 held-out cases, 24x48x48, dataset 930, 2d):
+
+- ``nnUNetv2_train`` fold 0 with nnUNetTrainerCoarseToFineTiny (10 epochs x 25 iterations: steps S, I, J), the
+  validation at the end with the iterative test, ``nnUNetv2_predict`` with the iterative test and its per-case log;
+- fold 1 with the MLN variant (2 iterations per epoch), interrupted after epoch 2 and resumed with
+  ``nnUNetv2_train --c`` (it continues in step I, then J, and the MLN's boundary/pixel terms switch on at epoch 5);
+  its end-of-training validation runs the MLN's iterative test.
+"""
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import run_cmd
+
+pytestmark = pytest.mark.e2e
+
+C2F_ID = 930
+TRAINER = "nnUNetTrainerCoarseToFineTiny"
+RESUME_TRAINER = "nnUNetTrainerC2FMLNResumeTest"
+RESUME_TRAINER_CODE = '''
+import os
+import sys
+
+from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineMLNTiny
+
+
+class nnUNetTrainerC2FMLNResumeTest(nnUNetTrainerCoarseToFineMLNTiny):
+    """10 epochs (S 1, I 3, J 6) of 2 iterations; $C2F_TEST_STOP_AFTER_EPOCH interrupts the run after that epoch's
+    checkpoint_latest.pth (as a killed job would), so that nnUNetv2_train --c has a real run to resume."""
+    tiny_iterations_per_epoch = 2
+    tiny_val_iterations_per_epoch = 1
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        stop = os.environ.get("C2F_TEST_STOP_AFTER_EPOCH")
+        if stop is not None and self.current_epoch == int(stop) + 1:
+            self.print_to_log_file(f"test: interrupted after epoch {stop}")
+            sys.exit(0)
+'''
+
+
+def _fold_dir(nnunet_dirs, trainer, fold):
+    return next((nnunet_dirs["nnUNet_results"]).glob(f"Dataset{C2F_ID}_*/{trainer}__nnUNetPlans__2d/fold_{fold}"))
+
+
+@pytest.fixture(scope="module")
+def c2f_run(nnunet_dirs, tmp_path_factory):
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+    raw = pathlib.Path(write_phantom_dataset(C2F_ID, PhantomConfig(num_cases=10, num_test=2, shape=(24, 48, 48),
+                                                                   dataset_name="CoarseToFinePhantom"),
+                                             str(nnunet_dirs["nnUNet_raw"])))
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", C2F_ID, "-c", "2d", "-np", "1", "-npfp", "1"])
+    train_log = run_cmd(["nnUNetv2_train", C2F_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], timeout=1200)
+    pred = tmp_path_factory.mktemp("c2f_pred")
+    iteration_json = pred.parent / "c2f_pred_iterations.json"
+    predict_out = run_cmd(["nnUNetv2_predict", "-i", f"{raw}/imagesTs", "-o", pred, "-d", C2F_ID, "-c", "2d",
+                           "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
+                          env={"nnUNet_ext_iteration_log": str(iteration_json)})
+    return {"raw": raw, "pred": pred, "fold": _fold_dir(nnunet_dirs, TRAINER, 0), "train_output": train_log,
+            "predict_output": predict_out, "iteration_json": iteration_json}
+
+
+@pytest.fixture(scope="module")
+def mln_resumed_run(c2f_run, nnunet_dirs, tmp_path_factory):
+    """Fold 1 of the MLN variant, interrupted after epoch 2 (its checkpoint_latest.pth), then ``nnUNetv2_train --c``
+    (the trainer found through nnUNet_extTrainer, as a user's own subclass would be)."""
+    import os
+    from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    trainers = tmp_path_factory.mktemp("c2f_trainers")
+    (trainers / "c2f_resume_test.py").write_text(RESUME_TRAINER_CODE, encoding="utf-8")
+    env = {"nnUNet_extTrainer": os.pathsep.join([str(trainers), TRAINER_SEARCH_FOLDER])}
+    train = ["nnUNetv2_train", C2F_ID, "2d", "1", "-tr", RESUME_TRAINER, "-device", "cpu"]
+    first = run_cmd(train, timeout=900, env=dict(env, C2F_TEST_STOP_AFTER_EPOCH="2"))
+    fold = _fold_dir(nnunet_dirs, RESUME_TRAINER, 1)
+    assert "interrupted after epoch 2" in first and not (fold / "checkpoint_final.pth").exists()
+    resumed = run_cmd(train + ["--c"], timeout=900, env=env)
+    return {"fold": fold, "train_output": resumed}
+
+
+def _log(fold):
+    return "\n".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+
+
+def test_three_steps_logged_per_epoch(c2f_run):
+    log = _log(c2f_run["fold"])
+    steps = re.findall(r"Coarse-to-fine step ([SIJ]):", log)
+    assert steps == ["S"] + ["I"] * 3 + ["J"] * 6
+    assert "steps S epochs [0, 1), I [1, 4), J [4, 10)" in log
+    assert "crop margin K = (4, 4) voxels" in log and "iterative test tol 0.99, T_max 3" in log
+    terms = re.findall(r"Coarse-to-fine loss terms: E_coarse (-?[0-9.]+), E_fine (-?[0-9.]+)", log)
+    assert len(terms) == 10 and all(np.isfinite(float(v)) for t in terms for v in t)
+    # step J trains on predicted boxes: by then the coarse stage finds the organ in most organ patches
+    fallbacks = [int(v) for v in re.findall(r"replaced by reference boxes \(empty coarse mask\): (\d+)", log)]
+    assert len(fallbacks) == 10 and fallbacks[:4] == [0] * 4  # S and I use reference boxes anyway
+    assert sum(fallbacks[-3:]) < 3 * 25 * 4 * 0.75  # fewer fallbacks than organ-centred samples
+
+
+def test_validation_runs_the_iterative_test_and_logs_it_per_case(c2f_run):
+    fold = c2f_run["fold"]
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1"}
+    it = json.loads((fold / "validation" / "coarse_to_fine_iterations.json").read_text())
+    val_cases = sorted(p.name[:-len(".nii.gz")] for p in (fold / "validation").glob("*.nii.gz"))
+    assert sorted(c["case"] for c in it["per_case"]) == val_cases  # named, one entry per validation case
+    assert it["tol"] == 0.99 and it["max_iterations"] == 3 and it["cases"] == len(val_cases)
+    for c in it["per_case"]:
+        assert c["inputs"] == 24  # 24 slices (the tiny trainers switch test-time mirroring off)
+        assert 0 <= c["iterations"] <= 3 and len(c["rdsc"]) == c["iterations"]
+    assert any(c["iterations"] >= 1 for c in it["per_case"]), it  # the fine stage ran on found organs
+    assert "summary: 2 cases, mean iterations" in _log(fold)
+
+
+def test_prediction_with_iterations_and_per_case_log(c2f_run):
+    raw, pred = c2f_run["raw"], c2f_run["pred"]
+    cases = sorted(p.name for p in (raw / "labelsTs").glob("*.nii.gz"))
+    assert sorted(p.name for p in pred.glob("*.nii.gz")) == cases
+    for name in cases:
+        ref, out = sitk.ReadImage(str(raw / "labelsTs" / name)), sitk.ReadImage(str(pred / name))
+        assert out.GetSize() == ref.GetSize() and np.allclose(out.GetSpacing(), ref.GetSpacing())
+        assert set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1}
+    text = c2f_run["predict_output"]
+    assert "Coarse-to-fine iterative test (Algorithm 1, tol 0.99, T_max 3):" in text
+    assert len(re.findall(r"case #\d+: iterations \d", text)) == 2 and "summary: 2 cases" in text
+    it = json.loads(c2f_run["iteration_json"].read_text())
+    assert it["cases"] == 2 and all(c["inputs"] == 24 for c in it["per_case"])
+    assert any(c["iterations"] >= 1 for c in it["per_case"])
+    organ_dice = []
+    for name in cases:
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / name))) == 1
+        out = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / name))) == 1
+        organ_dice.append(2 * (ref & out).sum() / max(ref.sum() + out.sum(), 1))
+    # the tiny CPU model is weak (Dice 0.3-0.5 seen), but a fine stage pasted at the wrong place gives ~0
+    assert max(organ_dice) > 0.15, organ_dice
+
+
+def test_resume_continues_in_the_right_step_with_the_mln(mln_resumed_run):
+    logs = sorted(mln_resumed_run["fold"].glob("training_log_*.txt"))
+    assert len(logs) == 2
+    first, resumed = (p.read_text() for p in logs)
+    assert re.findall(r"Coarse-to-fine step ([SIJ]):", first) == ["S", "I", "I"]
+    steps = re.findall(r"Coarse-to-fine step ([SIJ]):", resumed)
+    assert steps == ["I"] + ["J"] * 6, steps  # epochs 3..9 after --c: I [1, 4), J [4, 10)
+    weights = re.findall(r"loss weights coarse 1, fine 0.666667, region 1, boundary (\d), pixel (\d)", resumed)
+    assert weights == [("0", "0")] * 2 + [("1", "1")] * 5  # beta = gamma = 0 until epoch 5 (half the run), then 1
+    terms = re.findall(r"E_region (-?[0-9.a-z]+), E_boundary (-?[0-9.a-z]+), E_pixel (-?[0-9.a-z]+)", resumed)
+    assert len(terms) == 7 and terms[0][1] == "nan" and "nan" not in terms[-1]
+    assert (mln_resumed_run["fold"] / "checkpoint_final.pth").is_file()
+
+
+def test_mln_runs_the_iterative_test_in_validation(mln_resumed_run):
+    """The end-of-training validation predicts with the MLN head in eval mode (inference point selection, iterative
+    test), exactly as nnUNetv2_predict does."""
+    fold = mln_resumed_run["fold"]
+    it = json.loads((fold / "validation" / "coarse_to_fine_iterations.json").read_text())
+    val_cases = sorted(p.name[:-len(".nii.gz")] for p in (fold / "validation").glob("*.nii.gz"))
+    assert sorted(c["case"] for c in it["per_case"]) == val_cases and len(val_cases) == 2
+    assert all(c["inputs"] == 24 for c in it["per_case"])
+    assert "Mean Validation Dice" in _log(fold)
+
+
+def test_bad_input_fails_before_training(c2f_run):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineTiny as T
+    fold = c2f_run["fold"]
+    dataset_json = load_json(fold.parent / "dataset.json")
+
+    def plans():
+        p = load_json(fold.parent / "plans.json")
+        p["continue_training"] = False  # nnUNetv2_train sets this key (2.8) before creating the trainer
+        return p
+
+    two_organs = dict(dataset_json, labels={"background": 0, "organ": 1, "other": 2})
+    with pytest.raises(ValueError, match="ONE organ"):
+        T(plans(), "2d", 1, two_organs, torch.device("cpu"))
+    regions = dict(dataset_json, labels={"background": 0, "organ": [1, 2], "core": 2}, regions_class_order=[1, 2])
+    with pytest.raises(ValueError, match="region"):
+        T(plans(), "2d", 1, regions, torch.device("cpu"))
+    for attr, value, match in (("crop_margin", -1, "crop margin"), ("tol", 0.0, "tol"), ("tol", 1.5, "tol"),
+                               ("max_iterations", 0, "T_max")):
+        bad = type("Bad", (T,), {attr: value})
+        with pytest.raises(ValueError, match=match):
+            bad(plans(), "2d", 1, dataset_json, torch.device("cpu"))
+        # nnUNetv2_predict rebuilds the network through the class: the same check, before any case is read
+        pm = PlansManager(load_json(fold.parent / "plans.json"))
+        with pytest.raises(ValueError, match=match):
+            bad.build_network_architecture(pm, pm.get_configuration("2d"), 1, 2, False)
+    three_d = plans()
+    three_d["configurations"]["3d_fullres"] = dict(three_d["configurations"]["2d"], patch_size=[16, 32, 32],
+                                                   spacing=[3.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="2d slices"):
+        T(three_d, "3d_fullres", 1, dataset_json, torch.device("cpu"))
+    ignore = dict(dataset_json, labels={"background": 0, "organ": 1, "ignore": 2})
+    T(plans(), "2d", 1, ignore, torch.device("cpu"))  # an ignore label is fine (boxes from label 1 only)
