@@ -6,6 +6,9 @@
   semi-supervised tools,
 - the validation images (no public labels) -> imagesTs.
 
+``--three-windows`` (or ``--window NAME:LEVEL:WIDTH`` ...) writes every image as one channel per CT window instead
+(Pham et al.'s input; ``windows.py``).
+
 Files are recognised by name anywhere below the input folder: ``FLARE22_Tr_0001_0000.nii.gz`` (image),
 ``FLARE22_Tr_0001.nii.gz`` (label), ``Case_00001_0000.nii.gz`` (unlabelled), ``FLARE22_Ts_0001_0000.nii.gz``
 (validation).
@@ -21,6 +24,8 @@ import SimpleITK as sitk
 
 from nnunetv2_ext.dataset_conversion.common import (CaseListing, CaseProblem, DatasetConverter, FILE_ENDING,
                                                     SUBSET_FOLDERS, SourceCase, make_parser, run_cli)
+from nnunetv2_ext.dataset_conversion.windows import (add_window_arguments, windowed_channel_names, windows_from_args,
+                                                     windows_json, write_windowed_channels)
 
 UNLABELED_LIST = "unlabeled_cases.json"
 ORGANS = ("liver", "right kidney", "spleen", "pancreas", "aorta", "inferior vena cava", "right adrenal gland",
@@ -41,9 +46,16 @@ class FLARE22Converter(DatasetConverter):
     extra_json = {"reference": "https://flare22.grand-challenge.org/",
                   "license": "see the data terms at the reference page"}
 
-    def __init__(self, input_folder: str, write_unlabeled: bool = False, **kwargs):
+    def __init__(self, input_folder: str, write_unlabeled: bool = False, windows=None, **kwargs):
+        windows = tuple(windows or ())  # three-window input (windows.py): one channel per window, noNorm
+        if windows:
+            kwargs["windows"] = [[w.name, w.level, w.width] for w in windows]
         super().__init__(input_folder, write_unlabeled=write_unlabeled, **kwargs)
         self.write_unlabeled = write_unlabeled
+        self.windows = windows
+        if windows:
+            self.channel_names = windowed_channel_names(windows)
+            self.extra_json = {**self.extra_json, **windows_json(windows)}
 
     def find_cases(self) -> CaseListing:
         found: Dict[str, Dict[str, List[Path]]] = {kind: {} for kind in _PATTERNS}
@@ -77,7 +89,10 @@ class FLARE22Converter(DatasetConverter):
             return
         (dataset_folder / images).mkdir(parents=True, exist_ok=True)
         # source images are already .nii.gz in nnU-Net naming: copy them byte for byte
-        shutil.copyfile(case.images[0], dataset_folder / images / f"{case.identifier}_0000{FILE_ENDING}")
+        if self.windows:
+            write_windowed_channels(case.images[0], dataset_folder / images, case.identifier, self.windows)
+        else:
+            shutil.copyfile(case.images[0], dataset_folder / images / f"{case.identifier}_0000{FILE_ENDING}")
         if case.label is not None:
             (dataset_folder / labels).mkdir(parents=True, exist_ok=True)
             self.write_label(sitk.ReadImage(case.label), case.info["geometry"],
@@ -98,8 +113,10 @@ def main(argv=None) -> int:
     parser.add_argument("--write-unlabeled", action="store_true",
                         help="also copy the unlabelled cases to imagesUnlabeled/ (otherwise only listed in "
                              f"{UNLABELED_LIST})")
+    add_window_arguments(parser)
     args = parser.parse_args(argv)
-    return run_cli(lambda a: FLARE22Converter(a.input, write_unlabeled=a.write_unlabeled,
+    windows = windows_from_args(args, parser)
+    return run_cli(lambda a: FLARE22Converter(a.input, write_unlabeled=a.write_unlabeled, windows=windows,
                                               geometry_tolerance=a.geometry_tolerance), args)
 
 
