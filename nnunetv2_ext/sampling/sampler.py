@@ -23,7 +23,7 @@ slices PNSS has dropped (none at r = 1), ``SLICE``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -42,40 +42,63 @@ class SampleSpec:
     """SLAB only: nnU-Net's oversampling decision (a foreground voxel of the slab, if it has one)."""
     far: bool = False
     """Drawn from the slices PNSS has dropped (the far-negative share)."""
+    flip: bool = False
+    """Mirrored along the last (x) axis after nnU-Net's augmentation (hard-sample pre-training's flipped copies)."""
 
 
 @dataclass
-class _Pools:
-    start: np.ndarray
-    stop: np.ndarray
-    cases: np.ndarray       # cases with a non-empty slab
-    selected: np.ndarray    # unit indices of D^r
-    dropped: np.ndarray     # unit indices outside D^r (far negatives)
-    positive: np.ndarray    # unit indices of D^r that contain foreground
+class UnitPool:
+    """What one batch is drawn from. ``selected`` may list a unit twice (e.g. as is and flipped); ``flip`` says which
+    entries are drawn mirrored along the last (x) axis. ``dropped``: units for the far-negative share. The slabs
+    (``start``, ``stop``, ``cases``) serve the ``"case"`` mode only."""
+    selected: np.ndarray
+    flip: np.ndarray
+    dropped: np.ndarray
+    positive: np.ndarray
+    """Indices into ``selected`` of the entries whose slice contains foreground."""
+    start: Optional[np.ndarray] = None
+    stop: Optional[np.ndarray] = None
+    cases: Optional[np.ndarray] = None
+
+    @classmethod
+    def from_units(cls, table: SliceTable, units: np.ndarray, flip: Optional[np.ndarray] = None,
+                   dropped: Optional[np.ndarray] = None) -> "UnitPool":
+        units = np.asarray(units, np.int64)
+        flip = np.zeros(len(units), bool) if flip is None else np.asarray(flip, bool)
+        return cls(units, flip, np.zeros(0, np.int64) if dropped is None else np.asarray(dropped, np.int64),
+                   np.flatnonzero(table.positive[units]))
+
+    @classmethod
+    def pnss(cls, table: SliceTable, r: float) -> "UnitPool":
+        """D^r (Eq. 6-7) with its slabs; the far negatives are the units PNSS has dropped."""
+        mask = table.selected_mask(r)
+        pool = cls.from_units(table, np.flatnonzero(mask), dropped=np.flatnonzero(~mask))
+        pool.start, pool.stop = table.slabs(r)
+        pool.cases = np.flatnonzero(pool.stop > pool.start)
+        return pool
 
 
 class MainSampler:
-    def __init__(self, table: SliceTable, mode: str, far_share: float):
+    def __init__(self, table: SliceTable, mode: str, far_share: float = 0.0):
         self.table = table
         self.mode = mode
         self.far_share = float(far_share)
-        self._pools: Dict[float, _Pools] = {}
+        self._pools: Dict[float, UnitPool] = {}
 
-    def pools(self, r: float) -> _Pools:
+    def pools(self, r: float) -> UnitPool:
         if r not in self._pools:
-            start, stop = self.table.slabs(r)
-            mask = self.table.selected_mask(r)
-            self._pools = {r: _Pools(start, stop, np.flatnonzero(stop > start), np.flatnonzero(mask),
-                                     np.flatnonzero(~mask), np.flatnonzero(mask & self.table.positive))}
+            self._pools = {r: UnitPool.pnss(self.table, r)}
         return self._pools[r]
 
-    def _unit_spec(self, unit: int, how: str, far: bool = False) -> SampleSpec:
+    def _unit_spec(self, unit: int, how: str, far: bool = False, flip: bool = False) -> SampleSpec:
         case, z = self.table.case_and_slice(np.array([unit]))
-        return SampleSpec(int(case[0]), int(z[0]), int(z[0]) + 1, how, far=far)
+        return SampleSpec(int(case[0]), int(z[0]), int(z[0]) + 1, how, far=far, flip=flip)
 
     def draw(self, r: float, oversample: Sequence[bool], rng=np.random) -> List[SampleSpec]:
-        """One batch: ``oversample[j]`` is nnU-Net's foreground-oversampling decision for sample j."""
-        p = self.pools(r)
+        """One batch from D^r: ``oversample[j]`` is nnU-Net's foreground-oversampling decision for sample j."""
+        return self.draw_from(self.pools(r), oversample, rng)
+
+    def draw_from(self, p: UnitPool, oversample: Sequence[bool], rng=np.random) -> List[SampleSpec]:
         specs = []
         for force_fg in oversample:
             if not (force_fg and self.mode != "slice") and len(p.dropped) and rng.uniform() < self.far_share:
@@ -84,7 +107,9 @@ class MainSampler:
                 c = int(p.cases[rng.randint(len(p.cases))])
                 specs.append(SampleSpec(c, int(p.start[c]), int(p.stop[c]), SLAB, bool(force_fg)))
             elif force_fg and self.mode == "slice_oversample" and len(p.positive):
-                specs.append(self._unit_spec(int(p.positive[rng.randint(len(p.positive))]), SLICE_FG))
+                i = int(p.positive[rng.randint(len(p.positive))])
+                specs.append(self._unit_spec(int(p.selected[i]), SLICE_FG, flip=bool(p.flip[i])))
             else:
-                specs.append(self._unit_spec(int(p.selected[rng.randint(len(p.selected))]), SLICE))
+                i = rng.randint(len(p.selected))
+                specs.append(self._unit_spec(int(p.selected[i]), SLICE, flip=bool(p.flip[i])))
         return specs

@@ -23,25 +23,18 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from torch import autocast
 
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.controller import SamplingController
 from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderPNSSHESS
 from nnunetv2_ext.sampling.distributed import gather_batch_sizes, gather_scores, rank_and_world
-from nnunetv2_ext.sampling.exact_scoring import score_units
 from nnunetv2_ext.sampling.hess import DiceRecordingLoss
 from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.sampling.report import log_line, plot_sampling_progress, write_sampling_log
 from nnunetv2_ext.sampling.shared_state import MAIN, MINI, BatchSchedule, OrderedBatchStream
 from nnunetv2_ext.sampling.slice_table import build_slice_table
+from nnunetv2_ext.trainers._glue import build_dataloaders, exact_scores
 
 LEGACY_ATTRIBUTES = ("pnss_enabled", "pnss_alpha", "pnss_beta", "pnss_r_min", "hess_enabled", "hess_outlier_threshold",
                      "hess_max_epoch_cost", "hess_scoring", "hess_exact_every", "sampling_seed")
@@ -109,45 +102,14 @@ class PNSSHESSMixin:
                                    f"{len(c.records)} epoch records, continuing at epoch {self.current_epoch}")
 
     def get_dataloaders(self):
-        # nnU-Net's own get_dataloaders with the training loader swapped; the transforms come from this trainer's
-        # get_training_transforms, so variants that change augmentation keep working.
-        if self.dataset_class is None:
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        patch_size = self.configuration_manager.patch_size
-        ds_scales = self._get_deep_supervision_scales()
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        lm = self.label_manager
-        regions = lm.foreground_regions if lm.has_regions else None
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=lm.foreground_labels, regions=regions, ignore_label=lm.ignore_label)
-        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
-                                                        foreground_labels=lm.foreground_labels, regions=regions,
-                                                        ignore_label=lm.ignore_label)
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        self._setup_sampling(dataset_tr)
-        rank, _ = rank_and_world()
-        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
-                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
-        dl_tr = nnUNetDataLoaderPNSSHESS(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
-                                         self.controller.table, self.controller.plan.r, self.sampling.sampling,
-                                         self.sampling.far_share, self._batch_schedule,
-                                         rank_batch_sizes=self.rank_batch_sizes, rank=rank, transforms=tr_transforms,
-                                         **common)
-        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm, transforms=val_transforms,
-                                  **common)
-        n_proc = get_allowed_n_proc_DA()
-        if n_proc == 0:
-            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        else:
-            pin = self.device.type == "cuda"
-            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
-                                                    pin_memory=pin, wait_time=0.002)
-            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2),
-                                                  num_cached=max(3, n_proc // 4), seeds=None, pin_memory=pin,
-                                                  wait_time=0.002)
+        def train_loader(dataset_tr, initial_patch_size, patch_size, transforms, **common):
+            return nnUNetDataLoaderPNSSHESS(dataset_tr, self.batch_size, initial_patch_size, patch_size,
+                                            self.label_manager, self.controller.table, self.controller.plan.r,
+                                            self.sampling.sampling, self.sampling.far_share, self._batch_schedule,
+                                            rank_batch_sizes=self.rank_batch_sizes, rank=rank_and_world()[0],
+                                            transforms=transforms, **common)
+
+        mt_train, mt_val = build_dataloaders(self, train_loader, setup=self._setup_sampling)
         stream = OrderedBatchStream(mt_train, self._batch_schedule)
         stream.prefetch()
         _ = next(mt_val)
@@ -209,30 +171,8 @@ class PNSSHESSMixin:
         super().on_train_epoch_end(train_outputs)
 
     def _exact_scores(self, units: np.ndarray):
-        """The paper's scoring pass over ``units``, shared between DDP ranks (results exchanged)."""
-        rank, world = rank_and_world()
-        lm = self.label_manager
-        transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
-                                                    foreground_labels=lm.foreground_labels,
-                                                    regions=lm.foreground_regions if lm.has_regions else None,
-                                                    ignore_label=lm.ignore_label)
-        dataset = self.dataset_class(self.preprocessed_dataset_folder, list(self.controller.table.identifiers),
-                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-
-        def predict(x):
-            with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-                return self.network(x)
-
-        self.network.eval()
-        self.set_deep_supervision_enabled(False)
-        try:
-            units, dsc = score_units(units[rank::world], self.controller.table, dataset, transforms, predict,
-                                     self.configuration_manager.patch_size, 2 * self.batch_size, self.device,
-                                     lm.has_regions, lm.ignore_label)
-        finally:
-            self.set_deep_supervision_enabled(self.enable_deep_supervision)
-            self.network.train()
-        return gather_scores(units, dsc)
+        """The paper's scoring pass over ``units`` (shared between DDP ranks)."""
+        return exact_scores(self, self.controller.table, units)
 
     def on_epoch_end(self):
         super().on_epoch_end()

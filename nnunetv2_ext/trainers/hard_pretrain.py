@@ -1,0 +1,183 @@
+"""Hard-sample pre-training in one nnU-Net run (Zhang et al. 2019; logic in :mod:`nnunetv2_ext.sampling.hard_pretrain`).
+
+    nnUNetv2_train DATASET 2d FOLD -tr nnUNetTrainerHardPretrain
+
+Stage 1 (the first ``stage1_fraction`` of the epochs) trains on part B of the fold's training cases; at the first
+epoch of stage 2 the stage-1 model scores every slice of part A without augmentation, the hard ones join B (mirrored)
+and training continues. The workers never see an attribute change: the training loader is rebuilt at the switch with
+the stage-2 pool (a few seconds, once). The split, the scores and the hard set travel in the checkpoint's sidecar,
+so ``--c`` resumes in the right stage with the same data; a run resumed before the classification classifies again
+(with the same weights, so the same hard set).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_ext.sampling import checkpoint_state
+from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderUnits
+from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classification_record,
+                                                 classify, plot_classification, stage2_pool, stratified_split,
+                                                 units_of)
+from nnunetv2_ext.sampling.sampler import UnitPool
+from nnunetv2_ext.sampling.slice_table import build_slice_table
+from nnunetv2_ext.trainers._glue import build_dataloaders, exact_scores
+from nnunetv2_ext.trainers.pnss_hess import DemoTrainingMixin
+from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
+
+__all__ = ["nnUNetTrainerHardPretrain", "nnUNetTrainerHardPretrainTiny", "nnUNetTrainerHardPretrainDemo"]
+
+
+class nnUNetTrainerHardPretrain(nnUNetTrainer):
+    hard_pretrain: HardPretrainParameters = HardPretrainParameters()
+    sampling_trace: bool = False
+    """Write every sampled unit (and whether it was mirrored) to sampling_trace.jsonl (tests, debugging)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if not isinstance(self.hard_pretrain, HardPretrainParameters):
+            raise ValueError(f"{type(self).__name__}.hard_pretrain must be a HardPretrainParameters, got "
+                             f"{type(self.hard_pretrain).__name__}")
+        self.table = None
+        self.split: Optional[Split] = None
+        self.classification: Optional[dict] = None
+        self._restored: Optional[dict] = None
+
+    @property
+    def stage1_epochs(self) -> int:
+        return self.hard_pretrain.stage1_epochs(self.num_epochs)
+
+    def _log(self) -> dict:
+        return {"parameters": self.hard_pretrain.as_dict(), "num_epochs": self.num_epochs,
+                "stage1_epochs": self.stage1_epochs, "split": self.split.stats(self.table),
+                "classification": self.classification}
+
+    # ------------------------------------------------------------------------------------------------ data
+    def _setup(self, dataset_tr) -> None:
+        if self.table is not None:
+            return
+        name = type(self).__name__
+        if self.num_epochs < 2:
+            raise RuntimeError(f"{name}: needs at least 2 epochs (one per stage), num_epochs = {self.num_epochs}")
+        table = build_slice_table(dataset_tr, list(dataset_tr.identifiers), self.preprocessed_dataset_folder,
+                                  self.label_manager.ignore_label, log=lambda m: self.print_to_log_file(m))
+        try:
+            split = stratified_split(table, self.hard_pretrain.selection_ratio, self.hard_pretrain.seed)
+            check_split(table, split)
+        except ValueError as e:
+            raise RuntimeError(f"{name}, fold {self.fold} of {self.preprocessed_dataset_folder}: {e}") from None
+        self.table, self.split = table, split
+        if self._restored is not None:
+            state = self._restored
+            if "missing" in state:
+                raise RuntimeError(f"{name}: no hard-pretraining state for epoch {self.current_epoch} next to the "
+                                   f"checkpoint {state['missing']}; cannot continue this training exactly")
+            if state["parameters"] != self.hard_pretrain.as_dict() or state["slice_table"] != table.signature() \
+                    or state["split_a"] != split.a.tolist():
+                raise RuntimeError(f"{name}: the checkpoint was trained with other parameters, cases or split")
+            self.classification = state["classification"]
+        st = split.stats(table)
+        self.print_to_log_file(
+            f"Hard-sample pre-training: {self.hard_pretrain}; stage 1 (B only) = epochs 0-{self.stage1_epochs - 1}, "
+            f"stage 2 (B + hard slices of A) from epoch {self.stage1_epochs}\n" + "\n".join(
+                f"  part {p}: {len(v['cases'])} cases, {v['slices']} slices, {v['positive_slices']} with foreground "
+                f"({100 * v['positive_fraction']:.1f} %)" for p, v in st.items()))
+
+    def _pool(self) -> UnitPool:
+        if self.classification is None:  # stage 1
+            return UnitPool.from_units(self.table, units_of(self.table, self.split.b))
+        return stage2_pool(self.table, self.split, np.asarray(self.classification["hard_units"], np.int64),
+                           self.hard_pretrain)
+
+    def get_dataloaders(self):
+        def train_loader(dataset_tr, initial_patch_size, patch_size, transforms, **common):
+            return nnUNetDataLoaderUnits(dataset_tr, self.batch_size, initial_patch_size, patch_size,
+                                         self.label_manager, self.table, self.hard_pretrain.sampling, self._pool(),
+                                         transforms=transforms, **common)
+
+        mt_train, mt_val = build_dataloaders(self, train_loader, setup=self._setup)
+        _ = next(mt_val)
+        return mt_train, mt_val
+
+    # ------------------------------------------------------------------------------------------------ training
+    def on_train_start(self):
+        super().on_train_start()
+        if self.sampling_trace:
+            self._trace({"phase": "start", "epoch": self.current_epoch})
+
+    def on_train_epoch_start(self):
+        if self.current_epoch >= self.stage1_epochs and self.classification is None:
+            self._classify_and_switch()
+        super().on_train_epoch_start()
+
+    def _classify_and_switch(self) -> None:
+        a_units = units_of(self.table, self.split.a)
+        units, dsc = exact_scores(self, self.table, a_units)
+        threshold, hard = classify(units, dsc, self.table.positive, self.hard_pretrain)
+        self.classification = classification_record(self.table, self.split, units, dsc, threshold, hard,
+                                                    self.current_epoch)
+        c = self.classification
+        self.print_to_log_file(
+            f"Hard-sample pre-training: stage 2 from epoch {self.current_epoch}: part A classified by the stage-1 "
+            f"model, threshold {threshold:.4f}: {c['n_hard']} hard slices ({c['n_hard_with_foreground']} with "
+            f"foreground), {c['n_easy']} easy; stage 2 trains B + the hard slices ({self.hard_pretrain.hard_copies})"
+            f"{' + the easy slices' if self.hard_pretrain.keep_easy else ''}")
+        if self.local_rank == 0:
+            with open(os.path.join(self.output_folder, "hard_pretrain_log.json"), "w", encoding="utf-8") as f:
+                json.dump(self._log(), f, indent=1)
+            plot_classification(c, os.path.join(self.output_folder, "hard_pretrain.png"))
+        for loader in (self.dataloader_train, self.dataloader_val):  # the workers hold the stage-1 pool
+            if hasattr(loader, "_finish"):
+                loader._finish()
+        self.dataloader_train, self.dataloader_val = self.get_dataloaders()
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        if self.sampling_trace:
+            self._trace({"epoch": self.current_epoch, "units": batch["units"].tolist(),
+                         "flip": batch["flip"].tolist()})
+        return out
+
+    def _trace(self, record: dict) -> None:
+        if self.local_rank == 0:
+            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank == 0 and not self.disable_checkpointing and self.table is not None:
+            checkpoint_state.write_state(filename, self.current_epoch + 1, {
+                "parameters": self.hard_pretrain.as_dict(), "slice_table": self.table.signature(),
+                "split_a": self.split.a.tolist(), "classification": self.classification})
+        super().save_checkpoint(filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        self._restored = {"missing": repr(filename_or_checkpoint)[:200]}
+        if isinstance(filename_or_checkpoint, str):
+            state = checkpoint_state.read_state(filename_or_checkpoint, self.current_epoch)
+            if state is not None:
+                self._restored = state
+
+    def on_train_end(self):
+        super().on_train_end()
+        latest = checkpoint_state.sidecar_path(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        if self.local_rank == 0 and os.path.isfile(latest):
+            os.remove(latest)
+
+
+class nnUNetTrainerHardPretrainTiny(TinyTrainingMixin, nnUNetTrainerHardPretrain):
+    """4 epochs (2 per stage); a fixed threshold of 0.99, because a tiny CPU model scores slices 0 or 1."""
+    hard_pretrain = HardPretrainParameters(threshold=0.99)
+    sampling_trace = True
+
+
+class nnUNetTrainerHardPretrainDemo(DemoTrainingMixin, nnUNetTrainerHardPretrain):
+    """The README demo's network and budget (ablation row)."""

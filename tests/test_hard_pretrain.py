@@ -1,0 +1,191 @@
+"""Hard-sample pre-training (issue 11): stratified split, threshold, stage-2 pool, flipped samples, parameters; end to
+end through nnUNetv2_train with 2 workers: the stage switch, what each stage sampled, a kill and --c."""
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PHANTOM_ID, TEST_ENV, run_cmd
+
+from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classify, stage2_pool,
+                                                 stratified_split, units_of)
+from nnunetv2_ext.sampling.slice_table import SliceTable
+
+
+def _table():
+    # 4 cases: 10, 10, 20, 20 slices; positives 2, 2, 8, 8 (as blocks)
+    return SliceTable(["a", "b", "c", "d"], [10, 10, 20, 20], [4, 4, 6, 6], [2, 2, 8, 8])
+
+
+def test_stratified_split_matches_slices_and_positive_fraction():
+    t = _table()
+    s = stratified_split(t, 0.5, seed=0)
+    st = s.stats(t)
+    # the only perfect split pairs a short with a long case: 30 slices and 10 positives on each side
+    assert (st["A"]["slices"], st["B"]["slices"]) == (30, 30)
+    assert st["A"]["positive_fraction"] == st["B"]["positive_fraction"] == pytest.approx(1 / 3)
+    assert sorted(s.a.tolist() + s.b.tolist()) == [0, 1, 2, 3] and len(s.a) == 2
+    assert stratified_split(t, 0.5, seed=0).a.tolist() == s.a.tolist()  # deterministic
+    assert len(stratified_split(t, 0.25, seed=0).a) == 1
+    with pytest.raises(ValueError, match="at least 2 training cases"):
+        stratified_split(SliceTable(["a"], [5], [1], [2]), 0.5, 0)
+
+
+def test_split_without_foreground_in_a_part_is_refused():
+    t = SliceTable(["a", "b"], [10, 10], [4, 5], [2, 0])  # case b has no foreground
+    with pytest.raises(ValueError, match="part B .*no slice with foreground"):
+        check_split(t, Split(np.array([0]), np.array([1])))
+
+
+def test_threshold_fixed_and_quantile():
+    positive = np.array([True, True, True, True, False, False])
+    units = np.arange(6)
+    dsc = np.array([0.2, 0.6, 0.8, 0.9, 1.0, 0.0])  # unit 5: a negative slice with false positives
+    thr, hard = classify(units, dsc, positive, HardPretrainParameters(threshold=0.7))
+    assert thr == 0.7 and hard.tolist() == [0, 1, 5]
+    # default: the 0.25 quantile of the foreground slices' DSC (0.2, 0.6, 0.8, 0.9) = 0.5, ties included
+    thr, hard = classify(units, dsc, positive, HardPretrainParameters())
+    assert thr == pytest.approx(0.5) and hard.tolist() == [0, 5]
+    thr, hard = classify(units, np.zeros(6), positive, HardPretrainParameters())
+    assert thr == 0 and hard.tolist() == list(range(6))  # all missed: all hard
+
+
+def test_stage2_pool_copies():
+    t = _table()
+    split = Split(np.array([0, 2]), np.array([1, 3]))
+    b_units = units_of(t, split.b)
+    hard = np.array([4, 5, 17])
+    pool = stage2_pool(t, split, hard, HardPretrainParameters())
+    assert sorted(pool.selected[pool.flip].tolist()) == [4, 5, 17] and set(pool.selected[~pool.flip]) == set(b_units)
+    both = stage2_pool(t, split, hard, HardPretrainParameters(hard_copies="both"))
+    assert len(both.selected) == len(b_units) + 6 and both.flip.sum() == 3
+    easy = stage2_pool(t, split, hard, HardPretrainParameters(keep_easy=True, hard_copies="plain"))
+    assert set(easy.selected.tolist()) == set(range(t.num_units)) and not easy.flip.any()
+
+
+@pytest.mark.parametrize("kwargs, name", [({"selection_ratio": 1.0}, "selection_ratio"),
+                                          ({"selection_ratio": 0}, "selection_ratio"),
+                                          ({"threshold": 1.2}, "threshold"),
+                                          ({"threshold_quantile": 0}, "threshold_quantile"),
+                                          ({"stage1_fraction": 1}, "stage1_fraction"),
+                                          ({"hard_copies": "mirrored"}, "hard_copies"),
+                                          ({"sampling": "case"}, "sampling")])
+def test_parameters_name_the_bad_field(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        HardPretrainParameters(**kwargs)
+
+
+def test_flipped_units_are_mirrored(phantom_2d, nnunet_dirs):
+    """A pool holding one slice, once plain and once flipped: the batches are mirror images along x."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderUnits
+    from nnunetv2_ext.sampling.sampler import UnitPool
+    from nnunetv2_ext.sampling.slice_table import build_slice_table
+    pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
+    folder = str(pre / "nnUNetPlans_2d")
+    ds_class = infer_dataset_class(folder)
+    ids = sorted(ds_class.get_identifiers(folder))
+    ds = ds_class(folder, ids)
+    pm = PlansManager(str(pre / "nnUNetPlans.json"))
+    lm = pm.get_label_manager(json.load(open(pre / "dataset.json")))
+    patch = pm.get_configuration("2d").patch_size
+    table = build_slice_table(ds, ids, folder, None)
+    unit = int(np.flatnonzero(table.positive)[3])
+    batches = []
+    for flip in (False, True):
+        pool = UnitPool.from_units(table, np.array([unit]), np.array([flip]))
+        dl = nnUNetDataLoaderUnits(ds, 2, patch, patch, lm, table, "slice", pool)  # whole slice: no random crop
+        batches.append(dl.generate_train_batch())
+    plain, flipped = batches
+    assert plain["units"].tolist() == flipped["units"].tolist() == [unit, unit]
+    assert flipped["flip"].all() and not plain["flip"].any()
+    torch.testing.assert_close(flipped["data"], plain["data"].flip(-1))
+    torch.testing.assert_close(flipped["target"], plain["target"].flip(-1))
+    assert not torch.equal(plain["target"], plain["target"].flip(-1))  # the slice is not symmetric: the test can fail
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+KILLING_TRAINER = """
+import os, signal
+from nnunetv2_ext.trainers import nnUNetTrainerHardPretrainTiny
+
+
+class nnUNetTrainerHardPretrainTinyKilled(nnUNetTrainerHardPretrainTiny):
+    def save_checkpoint(self, filename):
+        super().save_checkpoint(filename)
+        if os.environ.get("KILL_AT_EPOCH") == str(self.current_epoch) and filename.endswith("checkpoint_latest.pth"):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+"""
+
+
+@pytest.mark.e2e
+def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, tmp_path):
+    from nnunetv2_ext.trainers import nnUNetTrainerHardPretrainTiny as T
+    user = tmp_path / "user_trainers"
+    user.mkdir()
+    (user / "killed.py").write_text(KILLING_TRAINER)
+    name = "nnUNetTrainerHardPretrainTinyKilled"
+    fold = nnunet_dirs["nnUNet_results"] / phantom_2d.name / f"{name}__nnUNetPlans__2d" / "fold_0"
+    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu"]
+    user_env = {"nnUNet_extTrainer": str(user)}
+    # killed right after the checkpoint of epoch 2, the first epoch of stage 2 (2 epochs per stage)
+    p = subprocess.run(cmd, env=dict(os.environ, **TEST_ENV, **user_env, KILL_AT_EPOCH="2"),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=600)
+    assert p.returncode == -signal.SIGKILL
+    before = json.load(open(fold / "hard_pretrain_log.json"))
+    assert before["stage1_epochs"] == 2 and before["classification"]["epoch"] == 2
+    run_cmd(cmd + ["--c"], env=user_env)
+    log = json.load(open(fold / "hard_pretrain_log.json"))
+    assert log == before  # resumed in stage 2 with the same split, scores and hard set (no second classification)
+    cls = log["classification"]
+    assert cls["n_hard"] > 0 and cls["n_scored"] == log["split"]["A"]["slices"]
+    train_log = "".join(open(f).read() for f in fold.glob("training_log_*.txt"))
+    assert train_log.count("part A classified") == 1 and "part A: " in train_log
+    assert (fold / "hard_pretrain.png").stat().st_size > 1000 and (fold / "checkpoint_final.pth").is_file()
+
+    # what was sampled: stage 1 only B's slices; stage 2 B's slices as they are and A's hard slices mirrored
+    ids = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name / "splits_final.json"))[0]["train"]
+    info = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name /
+                          "nnunetv2_ext_slice_info_nnUNetPlans_2d.json"))
+    table = SliceTable(ids, [info[f"{i}|ignore=None"]["num_slices"] for i in ids],
+                       [info[f"{i}|ignore=None"]["first"] for i in ids], [info[f"{i}|ignore=None"]["k"] for i in ids])
+    b_units = set(units_of(table, np.array([ids.index(c) for c in log["split"]["B"]["cases"]])).tolist())
+    hard = set(cls["hard_units"])
+    trace = [json.loads(line) for line in open(fold / "sampling_trace.jsonl")]
+    stage1 = [(u, f) for r in trace if "units" in r and r["epoch"] < 2 for u, f in zip(r["units"], r["flip"])]
+    stage2 = [(u, f) for r in trace if "units" in r and r["epoch"] >= 2 for u, f in zip(r["units"], r["flip"])]
+    assert stage1 and all(u in b_units and not f for u, f in stage1)
+    assert all((u in hard and f) or (u in b_units and not f) for u, f in stage2)
+    assert any(f for _, f in stage2)  # hard slices of A were really drawn
+
+    pred = tmp_path / "pred"
+    run_cmd(["nnUNetv2_predict", "-i", phantom_2d / "imagesTs", "-o", pred, "-d", PHANTOM_ID, "-c", "2d", "-f", "0",
+             "-tr", name, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env=user_env)
+    assert len(list(pred.glob("*.nii.gz"))) == 2
+
+
+def test_fold_with_a_single_case_is_refused(nnunet_dirs, phantom_2d):
+    pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
+    splits_file = pre / "splits_final.json"
+    existed = splits_file.is_file()
+    splits = json.load(open(splits_file)) if existed else []
+    try:  # an extra fold with one training case, appended to the session's splits (restored afterwards)
+        json.dump(splits + [{"train": ["case_000"], "val": ["case_001"]}], open(splits_file, "w"))
+        p = subprocess.run(["nnUNetv2_train", str(PHANTOM_ID), "2d", str(len(splits)), "-tr",
+                            "nnUNetTrainerHardPretrainTiny", "-device", "cpu"], env=dict(os.environ, **TEST_ENV),
+                           capture_output=True, text=True, timeout=600)
+    finally:
+        if existed:
+            json.dump(splits, open(splits_file, "w"))
+        else:
+            splits_file.unlink()
+    assert p.returncode != 0 and "at least 2 training cases" in p.stdout + p.stderr
+    fold = nnunet_dirs["nnUNet_results"] / phantom_2d.name / "nnUNetTrainerHardPretrainTiny__nnUNetPlans__2d" / \
+        f"fold_{len(splits)}"
+    assert not (fold / "checkpoint_latest.pth").exists()
