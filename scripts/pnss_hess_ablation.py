@@ -8,7 +8,8 @@ paired observation), connected components per case and wall time per trainer.
 
 Trainer sets (``--set``):
 
-- ``main``: plain nnU-Net (nnUNetTrainerDemo), PNSS, HESS and PNSS+HESS with their defaults (issue 9, item 5).
+- ``main``: plain nnU-Net (nnUNetTrainerDemo), PNSS, HESS and PNSS+HESS with their defaults (issue 9, item 5),
+  and hard-sample pre-training (issue 11).
 - ``design``: PNSS+HESS with one setting changed from the defaults at a time (sampling mode, far negatives, final
   phase, forward scoring with its agreement to the exact pass, nnU-Net epochs as the schedule's unit), and the
   paper's exact settings; plain nnU-Net and the default PNSS+HESS are the references.
@@ -34,7 +35,8 @@ from nnunetv2_ext.pipeline import Pipeline, comparison_markdown, flatten, nnunet
 
 DATASET_ID = 992
 DATASET = f"Dataset{DATASET_ID:03d}_PhantomAblation"
-MAIN = ["nnUNetTrainerDemo", "nnUNetTrainerPNSSDemo", "nnUNetTrainerHESSDemo", "nnUNetTrainerPNSSHESSDemo"]
+MAIN = ["nnUNetTrainerDemo", "nnUNetTrainerPNSSDemo", "nnUNetTrainerHESSDemo", "nnUNetTrainerPNSSHESSDemo",
+        "nnUNetTrainerHardPretrainDemo"]
 DESIGN = {  # name: (change from nnUNetTrainerPNSSHESSDemo's sampling, what it tests)
     "AblSlice": ({"sampling": "slice"}, "the paper's draw: uniform over D^r, no oversampling"),
     "AblCase": ({"sampling": "case"}, "nnU-Net's case-uniform draw + oversampling, restricted to the slab"),
@@ -86,7 +88,7 @@ def main(argv=None) -> None:
     if a.set == "main":
         names = MAIN
     else:
-        names = (MAIN if a.set == "all" else MAIN[:1] + MAIN[3:]) + list(DESIGN) + ["AblPaper"]
+        names = (MAIN if a.set == "all" else MAIN[:1] + MAIN[3:4]) + list(DESIGN) + ["AblPaper"]
     timing_file = os.path.join(work, "wall_times.json")
     wall = json.load(open(timing_file)) if os.path.isfile(timing_file) else {}
     folds = [str(f) for f in a.folds]
