@@ -11,8 +11,8 @@ import torch
 from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.controller import SamplingController, hard_set_agreement
 from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
-from nnunetv2_ext.sampling.hess import (HardnessTable, mini_epoch_iterations, mini_epoch_plan, per_sample_dice,
-                                        rank_slice, select_hard)
+from nnunetv2_ext.sampling.hess import (HardnessTable, channel_argmax, mini_epoch_iterations, mini_epoch_plan,
+                                        per_sample_dice, rank_slice, select_hard)
 from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.sampling.pnss import PNSSSchedule, positive_block, select_slab, select_slabs
 from nnunetv2_ext.sampling.sampler import SLAB, SLICE, SLICE_FG, MainSampler, SampleSpec
@@ -109,6 +109,13 @@ def test_per_sample_dice_analytic_cases():
                           torch.zeros(32, 32, dtype=torch.bool)]).long()[:, None]
     d = per_sample_dice(logits, target, has_regions=False)
     assert d.tolist() == pytest.approx([1.0, 2 * inter / total, 0.0, 1.0])  # last: both empty -> 1 (Eq. 1)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_channel_argmax_equals_torch_argmax_with_ties(num_classes):
+    x = torch.randn(3, num_classes, 8, 8)
+    x[:, 1] = x[:, 0]  # ties: the first maximum wins, as in torch.argmax
+    assert torch.equal(channel_argmax(x), x.argmax(1))
 
 
 def test_per_sample_dice_multiclass_and_ignore():

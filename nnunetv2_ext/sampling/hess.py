@@ -32,7 +32,7 @@ def per_sample_dice(logits: torch.Tensor, target: torch.Tensor, has_regions: boo
     """
     with torch.no_grad():
         if not has_regions:
-            return _label_dice(logits.argmax(1), target[:, 0].long(), logits.shape[1], ignore_label)
+            return _label_dice(channel_argmax(logits), target[:, 0].long(), logits.shape[1], ignore_label)
         if ignore_label is not None:
             mask = (1 - target[:, -1:].float()) if target.dtype != torch.bool else (~target[:, -1:]).float()
             target = target[:, :-1]
@@ -44,6 +44,17 @@ def per_sample_dice(logits: torch.Tensor, target: torch.Tensor, has_regions: boo
             pred, ref = pred * mask, ref * mask
         axes = tuple(range(2, pred.ndim))
         return _dice_from_counts(2 * (pred * ref).sum(axes), pred.sum(axes) + ref.sum(axes))
+
+
+def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(1)`` (first maximum on ties) as C - 1 element-wise comparisons: on the CPU, torch's argmax
+    over a short channel axis costs about 40x more (5 ms vs 0.14 ms for 12 x 2 x 64 x 64), a 2 % overhead per step."""
+    best = logits[:, 0]
+    pred = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        pred = torch.where(logits[:, c] > best, c, pred)
+        best = torch.maximum(best, logits[:, c])
+    return pred
 
 
 def _dice_from_counts(two_tp: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
