@@ -60,3 +60,25 @@ def phantom_2d(nnunet_dirs):
                                 str(nnunet_dirs["nnUNet_raw"]))
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", PHANTOM_ID, "-c", "2d", "-np", "1"])
     return pathlib.Path(raw)
+
+
+@pytest.fixture(scope="session")
+def phantom_2d_loading(phantom_2d, nnunet_dirs):
+    """What a loader test needs for the 2d phantom: dataset object, identifiers, label manager, patch size and the
+    PNSS/HESS slice table of all its training cases."""
+    import json
+    from types import SimpleNamespace
+
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_ext.sampling.slice_table import build_slice_table
+    pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
+    folder = str(pre / "nnUNetPlans_2d")
+    ds_class = infer_dataset_class(folder)
+    ids = sorted(ds_class.get_identifiers(folder))
+    ds = ds_class(folder, ids)
+    pm = PlansManager(str(pre / "nnUNetPlans.json"))
+    return SimpleNamespace(ds=ds, ids=ids, lm=pm.get_label_manager(json.load(open(pre / "dataset.json"))),
+                           patch=pm.get_configuration("2d").patch_size,
+                           table=build_slice_table(ds, ids, folder, None, log=lambda m: None))

@@ -79,28 +79,17 @@ def test_parameters_name_the_bad_field(kwargs, name):
         HardPretrainParameters(**kwargs)
 
 
-def test_flipped_units_are_mirrored(phantom_2d, nnunet_dirs):
+def test_flipped_units_are_mirrored(phantom_2d_loading):
     """A pool holding one slice, once plain and once flipped: the batches are mirror images along x."""
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderUnits
     from nnunetv2_ext.sampling.sampler import UnitPool
-    from nnunetv2_ext.sampling.slice_table import build_slice_table
-    pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
-    folder = str(pre / "nnUNetPlans_2d")
-    ds_class = infer_dataset_class(folder)
-    ids = sorted(ds_class.get_identifiers(folder))
-    ds = ds_class(folder, ids)
-    pm = PlansManager(str(pre / "nnUNetPlans.json"))
-    lm = pm.get_label_manager(json.load(open(pre / "dataset.json")))
-    patch = pm.get_configuration("2d").patch_size
-    table = build_slice_table(ds, ids, folder, None)
+    p = phantom_2d_loading
+    table = p.table
     unit = int(np.flatnonzero(table.positive)[3])
     batches = []
     for flip in (False, True):
         pool = UnitPool.from_units(table, np.array([unit]), np.array([flip]))
-        dl = nnUNetDataLoaderUnits(ds, 2, patch, patch, lm, table, "slice", pool)  # whole slice: no random crop
+        dl = nnUNetDataLoaderUnits(p.ds, 2, p.patch, p.patch, p.lm, table, "slice", pool)  # whole slice: no crop
         batches.append(dl.generate_train_batch())
     plain, flipped = batches
     assert plain["units"].tolist() == flipped["units"].tolist() == [unit, unit]

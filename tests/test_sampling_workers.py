@@ -1,29 +1,17 @@
 """The PNSS/HESS loader with nnU-Net's multi-process augmenter (2 workers): every batch is built for the phase the
 schedule assigns to it, including mini epochs whose plan is published by the main process while workers run."""
-import json
 import os
 
 import numpy as np
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 
-from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
 from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderPNSSHESS
 from nnunetv2_ext.sampling.shared_state import BatchSchedule, OrderedBatchStream
-from nnunetv2_ext.sampling.slice_table import build_slice_table
 
 
-def test_workers_follow_r_and_published_hard_set(phantom_2d, nnunet_dirs):
-    pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
-    folder = str(pre / "nnUNetPlans_2d")
-    ds_class = infer_dataset_class(folder)
-    ids = sorted(ds_class.get_identifiers(folder))
-    ds = ds_class(folder, ids)
-    pm = PlansManager(str(pre / "nnUNetPlans.json"))
-    lm = pm.get_label_manager(json.load(open(pre / "dataset.json")))
-    patch = pm.get_configuration("2d").patch_size
-    table = build_slice_table(ds, ids, folder, None)
+def test_workers_follow_r_and_published_hard_set(phantom_2d_loading):
+    p = phantom_2d_loading
+    ds, ids, lm, patch, table = p.ds, p.ids, p.lm, p.patch, p.table
     assert (table.k > 0).all() and (table.num_slices > table.k).all()  # phantom: negatives at both ends
 
     ratios = [1.0, 0.5, 0.0]

@@ -6,9 +6,12 @@
   one means repeating its body; patching nnU-Net's module globals instead would be worse.)
 - :func:`exact_scores`: the un-augmented scoring pass over given units with the trainer's network (DDP ranks share
   the work and exchange the results).
+- :class:`SamplingStateMixin`: the sampling state's sidecar next to each checkpoint, and the sampling trace.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable
 
 import numpy as np
@@ -21,6 +24,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.distributed import gather_scores, rank_and_world
 from nnunetv2_ext.sampling.exact_scoring import score_units
 from nnunetv2_ext.sampling.slice_table import SliceTable
@@ -89,3 +93,59 @@ def exact_scores(trainer, table: SliceTable, units: np.ndarray):
         trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
         trainer.network.train()
     return gather_scores(units, dsc)
+
+
+class SamplingStateMixin:
+    """What both sampling trainers do with their state: the atomically written sidecar next to every checkpoint
+    (:mod:`~nnunetv2_ext.sampling.checkpoint_state`), its check when training continues, and the sampling trace.
+
+    Subclasses implement :meth:`_sampling_state` (None while there is nothing to save) and call
+    :meth:`_restored_sampling_state` where they set up (it raises if a checkpoint was loaded without its state)."""
+    sampling_trace: bool = False
+    """Write every sampled unit to sampling_trace.jsonl (tests, debugging)."""
+    _restored_state = None
+
+    def _sampling_state(self):
+        raise NotImplementedError
+
+    def _restored_sampling_state(self):
+        state = self._restored_state
+        if state is not None and "missing" in state:
+            raise RuntimeError(
+                f"{type(self).__name__}: no sampling state for epoch {self.current_epoch} next to the checkpoint "
+                f"{state['missing']} (the file *_sampling.pt that nnunetv2_ext >= 0.2 writes with it); cannot "
+                f"continue this training exactly")
+        return state
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank == 0 and not self.disable_checkpointing and self._sampling_state() is not None:
+            self._write_sampling_sidecar(filename)  # first: see checkpoint_state's docstring
+        super().save_checkpoint(filename)
+
+    def _write_sampling_sidecar(self, filename: str) -> None:
+        checkpoint_state.write_state(filename, self.current_epoch + 1, self._sampling_state())
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        # checked when training continues; --val and inference do not need the sampling state
+        self._restored_state = {"missing": repr(filename_or_checkpoint)[:200]}
+        if isinstance(filename_or_checkpoint, str):
+            state = checkpoint_state.read_state(filename_or_checkpoint, self.current_epoch)
+            if state is not None:
+                self._restored_state = state
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.sampling_trace:
+            self._trace({"phase": "start", "epoch": self.current_epoch})
+
+    def on_train_end(self):
+        super().on_train_end()
+        latest = checkpoint_state.sidecar_path(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        if self.local_rank == 0 and os.path.isfile(latest):  # nnU-Net has just removed checkpoint_latest.pth
+            os.remove(latest)
+
+    def _trace(self, record: dict) -> None:
+        if self.local_rank == 0:
+            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")

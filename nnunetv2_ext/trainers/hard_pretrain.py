@@ -20,24 +20,21 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderUnits
 from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classification_record,
                                                  classify, plot_classification, stage2_pool, stratified_split,
                                                  units_of)
 from nnunetv2_ext.sampling.sampler import UnitPool
 from nnunetv2_ext.sampling.slice_table import build_slice_table
-from nnunetv2_ext.trainers._glue import build_dataloaders, exact_scores
+from nnunetv2_ext.trainers._glue import SamplingStateMixin, build_dataloaders, exact_scores
 from nnunetv2_ext.trainers.pnss_hess import DemoTrainingMixin
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 __all__ = ["nnUNetTrainerHardPretrain", "nnUNetTrainerHardPretrainTiny", "nnUNetTrainerHardPretrainDemo"]
 
 
-class nnUNetTrainerHardPretrain(nnUNetTrainer):
+class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
     hard_pretrain: HardPretrainParameters = HardPretrainParameters()
-    sampling_trace: bool = False
-    """Write every sampled unit (and whether it was mirrored) to sampling_trace.jsonl (tests, debugging)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -48,7 +45,6 @@ class nnUNetTrainerHardPretrain(nnUNetTrainer):
         self.table = None
         self.split: Optional[Split] = None
         self.classification: Optional[dict] = None
-        self._restored: Optional[dict] = None
 
     @property
     def stage1_epochs(self) -> int:
@@ -74,11 +70,8 @@ class nnUNetTrainerHardPretrain(nnUNetTrainer):
         except ValueError as e:
             raise RuntimeError(f"{name}, fold {self.fold} of {self.preprocessed_dataset_folder}: {e}") from None
         self.table, self.split = table, split
-        if self._restored is not None:
-            state = self._restored
-            if "missing" in state:
-                raise RuntimeError(f"{name}: no hard-pretraining state for epoch {self.current_epoch} next to the "
-                                   f"checkpoint {state['missing']}; cannot continue this training exactly")
+        state = self._restored_sampling_state()
+        if state is not None:
             if state["parameters"] != self.hard_pretrain.as_dict() or state["slice_table"] != table.signature() \
                     or state["split_a"] != split.a.tolist():
                 raise RuntimeError(f"{name}: the checkpoint was trained with other parameters, cases or split")
@@ -107,11 +100,6 @@ class nnUNetTrainerHardPretrain(nnUNetTrainer):
         return mt_train, mt_val
 
     # ------------------------------------------------------------------------------------------------ training
-    def on_train_start(self):
-        super().on_train_start()
-        if self.sampling_trace:
-            self._trace({"phase": "start", "epoch": self.current_epoch})
-
     def on_train_epoch_start(self):
         if self.current_epoch >= self.stage1_epochs and self.classification is None:
             self._classify_and_switch()
@@ -145,32 +133,11 @@ class nnUNetTrainerHardPretrain(nnUNetTrainer):
                          "flip": batch["flip"].tolist()})
         return out
 
-    def _trace(self, record: dict) -> None:
-        if self.local_rank == 0:
-            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    # ------------------------------------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank == 0 and not self.disable_checkpointing and self.table is not None:
-            checkpoint_state.write_state(filename, self.current_epoch + 1, {
-                "parameters": self.hard_pretrain.as_dict(), "slice_table": self.table.signature(),
-                "split_a": self.split.a.tolist(), "classification": self.classification})
-        super().save_checkpoint(filename)
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        self._restored = {"missing": repr(filename_or_checkpoint)[:200]}
-        if isinstance(filename_or_checkpoint, str):
-            state = checkpoint_state.read_state(filename_or_checkpoint, self.current_epoch)
-            if state is not None:
-                self._restored = state
-
-    def on_train_end(self):
-        super().on_train_end()
-        latest = checkpoint_state.sidecar_path(os.path.join(self.output_folder, "checkpoint_latest.pth"))
-        if self.local_rank == 0 and os.path.isfile(latest):
-            os.remove(latest)
+    def _sampling_state(self):
+        if self.table is None:
+            return None
+        return {"parameters": self.hard_pretrain.as_dict(), "slice_table": self.table.signature(),
+                "split_a": self.split.a.tolist(), "classification": self.classification}
 
 
 class nnUNetTrainerHardPretrainTiny(TinyTrainingMixin, nnUNetTrainerHardPretrain):

@@ -17,15 +17,12 @@ What each hook does:
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import List, Optional
 
 import numpy as np
 import torch
 
 
-from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.controller import SamplingController
 from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderPNSSHESS
 from nnunetv2_ext.sampling.distributed import gather_batch_sizes, gather_scores, rank_and_world
@@ -34,16 +31,14 @@ from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.sampling.report import log_line, plot_sampling_progress, write_sampling_log
 from nnunetv2_ext.sampling.shared_state import MAIN, MINI, BatchSchedule, OrderedBatchStream
 from nnunetv2_ext.sampling.slice_table import build_slice_table
-from nnunetv2_ext.trainers._glue import build_dataloaders, exact_scores
+from nnunetv2_ext.trainers._glue import SamplingStateMixin, build_dataloaders, exact_scores
 
 LEGACY_ATTRIBUTES = ("pnss_enabled", "pnss_alpha", "pnss_beta", "pnss_r_min", "hess_enabled", "hess_outlier_threshold",
                      "hess_max_epoch_cost", "hess_scoring", "hess_exact_every", "sampling_seed")
 
 
-class PNSSHESSMixin:
+class PNSSHESSMixin(SamplingStateMixin):
     sampling: SamplingParameters = SamplingParameters()
-    sampling_trace: bool = False
-    """Write every sampled unit to sampling_trace.jsonl (tests, debugging)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -58,7 +53,6 @@ class PNSSHESSMixin:
             raise ValueError(f"{name}.sampling must be a SamplingParameters, got {type(self.sampling).__name__}")
         self.controller: Optional[SamplingController] = None
         self._batch_schedule: Optional[BatchSchedule] = None
-        self._restored_state: Optional[dict] = None
         self._phase = MAIN
         self._scores: List = []
 
@@ -74,16 +68,12 @@ class PNSSHESSMixin:
         self.rank_batch_sizes = gather_batch_sizes(self.batch_size)
         if not hasattr(self, "_nominal_iterations"):
             self._nominal_iterations = self.num_iterations_per_epoch
-        if self._restored_state is not None and "missing" in self._restored_state:
-            raise RuntimeError(
-                f"{type(self).__name__}: no PNSS/HESS state for epoch {self.current_epoch} next to the checkpoint "
-                f"{self._restored_state['missing']} (the file *_sampling.pt that nnunetv2_ext >= 0.2 writes with it); "
-                f"cannot continue this training exactly")
+        restored = self._restored_sampling_state()
         try:
             self.controller = SamplingController(self.sampling, table, self.num_epochs, self._nominal_iterations,
                                                  sum(self.rank_batch_sizes))
-            if self._restored_state is not None:
-                self.controller.load_state_dict(self._restored_state, self.current_epoch)
+            if restored is not None:
+                self.controller.load_state_dict(restored, self.current_epoch)
         except ValueError as e:
             raise RuntimeError(f"{type(self).__name__}, fold {self.fold} of {self.preprocessed_dataset_folder} "
                                f"({len(table.identifiers)} training cases): {e}") from None
@@ -97,7 +87,7 @@ class PNSSHESSMixin:
             f"({int((table.k == 0).sum())} without foreground), {self.sampling}, mini epochs capped at "
             f"{c.max_mini_iterations} iterations\nPNSS/HESS epoch plan ({c.plan.samples_per_epoch} samples per "
             f"nnU-Net epoch):\n{c.plan.summary()}")
-        if self._restored_state is not None:
+        if restored is not None:
             self.print_to_log_file(f"PNSS/HESS: restored from checkpoint: {c.num_scored()} scored units, "
                                    f"{len(c.records)} epoch records, continuing at epoch {self.current_epoch}")
 
@@ -116,11 +106,6 @@ class PNSSHESSMixin:
         return stream, mt_val
 
     # ------------------------------------------------------------------------------------------------ training
-    def on_train_start(self):
-        super().on_train_start()
-        if self.sampling_trace:
-            self._trace({"phase": "start", "epoch": self.current_epoch})
-
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.num_iterations_per_epoch = self.controller.main_iterations(self.current_epoch)  # nnU-Net's loop reads it
@@ -184,29 +169,6 @@ class PNSSHESSMixin:
         super().on_train_end()  # nnU-Net stops only its own augmenter types; ours is stopped here
         if isinstance(self.dataloader_train, OrderedBatchStream):
             self.dataloader_train._finish()
-        latest = checkpoint_state.sidecar_path(os.path.join(self.output_folder, "checkpoint_latest.pth"))
-        if self.local_rank == 0 and os.path.isfile(latest):  # nnU-Net has just removed checkpoint_latest.pth
-            os.remove(latest)
 
-    def _trace(self, record: dict) -> None:
-        if self.local_rank == 0:
-            with open(os.path.join(self.output_folder, "sampling_trace.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    # ------------------------------------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank == 0 and not self.disable_checkpointing and self.controller is not None:
-            self._write_sampling_sidecar(filename)  # first: see checkpoint_state's docstring
-        super().save_checkpoint(filename)
-
-    def _write_sampling_sidecar(self, filename: str) -> None:
-        checkpoint_state.write_state(filename, self.current_epoch + 1, self.controller.state_dict())
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        # checked when training continues (_setup_sampling); --val and inference do not need the sampling state
-        self._restored_state = {"missing": repr(filename_or_checkpoint)[:200]}
-        if isinstance(filename_or_checkpoint, str):
-            state = checkpoint_state.read_state(filename_or_checkpoint, self.current_epoch)
-            if state is not None:
-                self._restored_state = state
+    def _sampling_state(self):
+        return self.controller.state_dict() if self.controller is not None else None
