@@ -17,17 +17,13 @@ from typing import List
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast
 from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
@@ -39,6 +35,7 @@ from nnunetv2_ext.semisupervised.unlabelled import HOW_TO_DECLARE, UnlabelledCas
 from nnunetv2_ext.semisupervised.unlabelled import dataset_class as unlabelled_dataset_class
 from nnunetv2_ext.semisupervised.unlabelled import (find_unlabelled_cases, preprocess_unlabelled, preprocessed_cases,
                                                     unlabelled_folder)
+from nnunetv2_ext.trainers._glue import build_dataloaders
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 __all__ = ["nnUNetTrainerCPS", "nnUNetTrainerCPSTiny"]
@@ -145,38 +142,15 @@ class nnUNetTrainerCPS(nnUNetTrainer):
 
     # ---------------------------------------------------------------- data
     def get_dataloaders(self):
-        """nnU-Net's loaders (same transforms, same augmenters), the training loader with unlabelled patches."""
-        if self.dataset_class is None:
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        patch_size = self.configuration_manager.patch_size
-        ds_scales = self._get_deep_supervision_scales()
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        lm = self.label_manager
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
-        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded,
-                                                        foreground_labels=lm.foreground_labels, regions=None,
-                                                        ignore_label=lm.ignore_label)
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        """nnU-Net's loaders (same transforms and augmenters, shared glue), the training loader with unlabelled
+        patches (:class:`nnUNetDataLoaderCPS`)."""
         unlabelled = unlabelled_dataset_class()(self.unlabelled_folder, self.unlabelled_identifiers)
-        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
-                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
-        dl_tr = nnUNetDataLoaderCPS(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm, unlabelled,
-                                    self.unlabelled_batch_size, transforms=tr_transforms, **common)
-        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm, transforms=val_transforms,
-                                  **common)
-        n_proc = get_allowed_n_proc_DA()
-        pin = self.device.type == "cuda"
-        if n_proc == 0:
-            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        else:
-            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
-                                                    pin_memory=pin, wait_time=0.002)
-            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), num_cached=max(3, n_proc // 4),
-                                                  seeds=None, pin_memory=pin, wait_time=0.002)
+
+        def train_loader(dataset_tr, initial_patch_size, patch_size, transforms, **common):
+            return nnUNetDataLoaderCPS(dataset_tr, self.batch_size, initial_patch_size, patch_size, self.label_manager,
+                                       unlabelled, self.unlabelled_batch_size, transforms=transforms, **common)
+
+        mt_train, mt_val = build_dataloaders(self, train_loader)
         _ = next(mt_train)
         _ = next(mt_val)
         return mt_train, mt_val
