@@ -120,7 +120,8 @@ def test_selection_by_threshold_and_top_fraction():
     scores = [CaseScore(c, s, {}, (1,)) for c, s in (("a", 0.9), ("b", 0.5), ("c", float("nan")), ("d", 0.9),
                                                      ("e", 0.7))]
     assert select_cases(scores, threshold=0.7) == ["a", "d", "e"]
-    assert select_cases(scores, top_fraction=0.5) == ["a", "d"]  # ceil(0.5 * 4 scored cases) = 2, ties by name
+    assert select_cases(scores, top_fraction=0.5) == ["a", "d", "e"]  # ceil(0.5 * 5 cases) = 3, ties by name
+    assert select_cases(scores, top_fraction=0.3) == ["a", "d"]
     assert select_cases(scores, top_fraction=1.0) == ["a", "d", "e", "b"]  # NaN never
     for kwargs in ({"threshold": 1.5}, {"threshold": -0.1}, {"top_fraction": 0}, {"top_fraction": 1.2},
                    {"threshold": 0.5, "top_fraction": 0.5}, {}):

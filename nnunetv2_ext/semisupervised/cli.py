@@ -38,7 +38,7 @@ def pseudolabel_main(argv: Optional[List[str]] = None) -> int:
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--threshold", type=float, default=None, help="select cases with score >= threshold, in [0, 1]")
     sel.add_argument("--top-fraction", type=float, default=None,
-                     help="select the ceil(f N) best-scored cases, f in (0, 1]")
+                     help="select the best ceil(f N) of the N cases, f in (0, 1] (cases without a score never)")
     p.add_argument("--images", default=None, help="images of the unlabelled cases (nnU-Net naming CASE_0000.ext); "
                                                   "default: the labelled dataset's imagesUnlabeled")
     p.add_argument("--copy", action="store_true", help="copy files into the new dataset instead of hard links")

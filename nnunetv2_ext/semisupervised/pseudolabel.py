@@ -8,8 +8,8 @@ Flow of :func:`run_pseudolabel` (``nnUNetv2_ext_pseudolabel`` is its command lin
    come from dataset.json (given, or the one nnUNetv2_predict writes beside its predictions), else from the data.
 2. Every case is scored (Eq. 1, :mod:`nnunetv2_ext.semisupervised.consensus`) in parallel; the M maps must share the
    grid (shape, spacing, origin, direction) and hold only known labels.
-3. Selection by ``threshold`` (score >= t) or ``top_fraction`` (the ceil(f N) best of the N cases with a score; ties
-   by case name). Cases without a score (nothing predicted) are never selected.
+3. Selection by ``threshold`` (score >= t) or ``top_fraction`` (the best ceil(f N) of all N cases; ties by case
+   name). Cases without a score (nothing predicted) rank last and are never selected.
 4. The output dataset is checked (labelled dataset exists, output id free or ``overwrite``, images of every selected
    case present, no identifier both labelled and unlabelled) before anything is written; then ``scores.csv``, the
    histogram and the manifest go to ``out``, and the dataset is written into a hidden temporary folder that is
@@ -258,15 +258,15 @@ def check_selection(threshold: Optional[float], top_fraction: Optional[float]) -
 
 def select_cases(scores: Sequence[CaseScore], threshold: Optional[float] = None,
                  top_fraction: Optional[float] = None) -> List[str]:
-    """Selected case names, best first. Threshold: score >= t. Top fraction f: the ceil(f N) best of the N scored
-    cases (ties broken by case name). Cases without a score are never selected."""
+    """Selected case names, best first. Threshold: score >= t. Top fraction f: the best ceil(f N) of all N cases
+    (ties broken by case name). Cases without a score rank last and are never selected."""
     check_selection(threshold, top_fraction)
     if threshold is None and top_fraction is None:
         raise PseudoLabelError("a selection needs a threshold or a top fraction")
     ranked = sorted((s for s in scores if not math.isnan(s.score)), key=lambda s: (-s.score, s.case))
     if threshold is not None:
         return [s.case for s in ranked if s.score >= threshold]
-    return [s.case for s in ranked[:math.ceil(top_fraction * len(ranked) - 1e-9)]]
+    return [s.case for s in ranked[:math.ceil(top_fraction * len(scores) - 1e-9)]]
 
 
 # ---------------------------------------------------------------------------------------------- output dataset

@@ -15,3 +15,4 @@ from nnunetv2_ext.trainers.pnss_hess import *  # noqa: E402,F401,F403
 from nnunetv2_ext.trainers.hard_pretrain import *  # noqa
 from nnunetv2_ext.trainers.cascade_trainers import *  # noqa
 from nnunetv2_ext.trainers.coarse_to_fine import *  # noqa
+from nnunetv2_ext.trainers.cps import *  # noqa
