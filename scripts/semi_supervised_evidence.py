@@ -4,11 +4,11 @@ cases, at equal iterations, plain nnU-Net on the labelled cases vs one self-trai
 held-out test cases with ``nnunetv2_ext_compare``; plus how well the round's consensus score ranked the
 pseudo-labels (the phantom keeps the true labels of its "unlabelled" cases aside).
 
-Usage (CPU; the full setting takes about 1.5-2.5 h on 2 free cores, see docs/semi_supervised.md)::
+Usage (CPU; the full setting takes about 30-45 min on 2 free cores, see docs/semi_supervised.md)::
 
     python scripts/semi_supervised_evidence.py --work-dir /tmp/semi_evidence
     python scripts/semi_supervised_evidence.py --work-dir /tmp/se_tiny --num-labelled 6 --num-unlabelled 6 \\
-        --num-test 2 --epochs 2 --iterations 10            # smoke setting, a few minutes
+        --num-test 2 --epochs 2 --iterations 10            # smoke setting (runs every step; ~10 min)
 
 What it does, all through nnU-Net's commands and ours, in ``WORK`` (its own nnUNet_raw/preprocessed/results):
 

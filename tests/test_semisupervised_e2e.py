@@ -205,7 +205,7 @@ def test_cps_prediction_is_the_mean_of_both_softmaxes(cps_run, semi_phantom):
 
 
 def test_cps_refuses_a_dataset_without_unlabelled_cases(semi_phantom, nnunet_dirs, tmp_path):
-    """A labelled-only dataset: clear error before any data is loaded."""
+    """A labelled-only dataset: clear error before nnU-Net writes anything (no output folder, no log)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
     pre = nnunet_dirs["nnUNet_preprocessed"]
@@ -220,7 +220,8 @@ def test_cps_refuses_a_dataset_without_unlabelled_cases(semi_phantom, nnunet_dir
     try:
         plans["continue_training"] = False
         with pytest.raises(ValueError, match="no unlabelled cases.*imagesUnlabeled"):
-            nnUNetTrainerCPSTiny(plans, "2d", 1, dataset_json, torch.device("cpu"))
+            nnUNetTrainerCPSTiny(plans, "2d", 3, dataset_json, torch.device("cpu"))
+        assert not list(nnunet_dirs["nnUNet_results"].glob("*/nnUNetTrainerCPSTiny__*/fold_3"))  # nothing written
     finally:
         for src, dst in hidden:
             if dst.exists():

@@ -56,39 +56,47 @@ class nnUNetTrainerCPS(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # checked before nnU-Net's __init__ creates the output folder and log: bad input writes nothing
+        self.unlabelled_cases, self.unlabelled_folder = self.check_dataset(plans, configuration, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        name = type(self).__name__
-        if self.label_manager.has_regions:
-            raise ValueError(f"{name}: the dataset is region-based (sigmoid outputs); cross pseudo supervision uses "
-                             f"argmax pseudo-labels of mutually exclusive labels")
-        if not isinstance(self.cps_weight, SigmoidRampUp) and not callable(self.cps_weight):
-            raise ValueError(f"{name}: cps_weight must be a schedule w(epoch, num_epochs)")
-        self.cps_weight(0, max(1, self.num_epochs))  # validates
-        if not self.unlabelled_batch_ratio > 0:
-            raise ValueError(f"{name}: unlabelled_batch_ratio must be > 0, got {self.unlabelled_batch_ratio}")
-        self.unlabelled_cases = self._find_unlabelled_cases()  # refuses a dataset without any, before data loads
-        self.unlabelled_folder = unlabelled_folder(self.preprocessed_dataset_folder)
         self.cps_loss = None
         self._epoch_stats: List[dict] = []
 
-    # ---------------------------------------------------------------- unlabelled cases
-    def _find_unlabelled_cases(self) -> dict:
-        """Raw declaration (unlabelled.py), plus cases already preprocessed (a machine without nnUNet_raw)."""
+    # ---------------------------------------------------------------- checks, unlabelled cases
+    @classmethod
+    def check_dataset(cls, plans: dict, configuration: str, dataset_json: dict):
+        """(declared unlabelled cases {id: image files}, folder of their preprocessed copies); raises ValueError on a
+        region-based dataset, bad parameters, or a dataset without unlabelled cases (raw declaration, unlabelled.py,
+        or already preprocessed copies, for a machine without nnUNet_raw)."""
+        name = cls.__name__
+        plans_manager = PlansManager({k: v for k, v in plans.items() if k != "continue_training"})
+        if plans_manager.get_label_manager(dataset_json).has_regions:
+            raise ValueError(f"{name}: the dataset is region-based (sigmoid outputs); cross pseudo supervision uses "
+                             f"argmax pseudo-labels of mutually exclusive labels")
+        if not callable(cls.cps_weight):
+            raise ValueError(f"{name}: cps_weight must be a schedule w(epoch, num_epochs)")
+        cls.cps_weight(0, 1)  # validates
+        if not cls.unlabelled_batch_ratio > 0:
+            raise ValueError(f"{name}: unlabelled_batch_ratio must be > 0, got {cls.unlabelled_batch_ratio}")
+        dataset_name = plans_manager.dataset_name
+        preprocessed = os.environ.get("nnUNet_preprocessed")
+        if not preprocessed:
+            raise ValueError(f"{name}: nnUNet_preprocessed is not set")
+        data_folder = os.path.join(preprocessed, dataset_name,
+                                   plans_manager.get_configuration(configuration).data_identifier)
+        labelled = infer_dataset_class(data_folder).get_identifiers(data_folder) if os.path.isdir(data_folder) else []
         raw = os.environ.get("nnUNet_raw")
-        raw_folder = os.path.join(raw, self.plans_manager.dataset_name) if raw else None
-        labelled = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
-            self.preprocessed_dataset_folder) if os.path.isdir(self.preprocessed_dataset_folder) else []
+        raw_folder = os.path.join(raw, dataset_name) if raw else None
         cases = {}
         if raw_folder and os.path.isdir(raw_folder):
             try:
-                cases = find_unlabelled_cases(raw_folder, self.dataset_json, labelled)
+                cases = find_unlabelled_cases(raw_folder, dataset_json, labelled)
             except UnlabelledCasesError as e:
-                raise ValueError(f"{type(self).__name__}: {e}") from e
-        stored = preprocessed_cases(unlabelled_folder(self.preprocessed_dataset_folder))
-        if not cases and not stored:
-            raise ValueError(f"{type(self).__name__}: dataset {self.plans_manager.dataset_name} has no unlabelled "
-                             f"cases; {HOW_TO_DECLARE}")
-        return cases
+                raise ValueError(f"{name}: {e}") from e
+        folder = unlabelled_folder(data_folder)
+        if not cases and not preprocessed_cases(folder):
+            raise ValueError(f"{name}: dataset {dataset_name} has no unlabelled cases; {HOW_TO_DECLARE}")
+        return cases, folder
 
     def _prepare_unlabelled(self) -> List[str]:
         if self.local_rank == 0:
