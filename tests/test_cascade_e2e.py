@@ -1,115 +1,224 @@
-"""Cascade tumour variant end to end through nnU-Net's own commands (issue 6, requirements 1-5, 7).
+"""Cascade tumour variant end to end through nnU-Net's own commands (issue 13).
 
-One session-scoped run on the lesion phantom (8 training + 2 test cases, 24x48x48, 2d): nnUNetv2_plan_and_preprocess,
-nnUNetv2_train with nnUNetTrainerCascadeTumorTiny (steps S, I, J), end-of-training validation, nnUNetv2_predict.
+- 2d (lesion phantom, 8 training + 2 typical test cases, 24x48x48): ``nnUNetv2_train`` with the seeded
+  ``nnUNetTrainerCascadeTumorTiny`` (steps S, I, J; augmentation workers on, in a fixed order), end-of-training
+  validation, ``nnUNetv2_predict``. The run is repeatable, so its quality is
+  asserted (organ Dice, tumour detected) - thresholds a cascade with a broken crop misses (see
+  ``trainers_docs/nnUNetTrainerCascadeTumor.md``, *Quality test*).
+- 3d_fullres (a smaller lesion phantom, 6 + 1 cases, 16x32x32): a short run killed after its second epoch and
+  resumed with ``--c`` (the step follows the epoch), validation, ``nnUNetv2_predict`` on the test case plus a case
+  without any organ (empty tumour label, a warning naming the case, no crash).
 """
 import json
+import os
 import pathlib
 import re
+import subprocess
+import textwrap
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cmd
+from conftest import TEST_ENV, run_cmd
 
 pytestmark = pytest.mark.e2e
 
 CASCADE_ID = 920
+CASCADE_3D_ID = 921
 TRAINER = "nnUNetTrainerCascadeTumorTiny"
+TRAINER_3D = "nnUNetTrainerCascadeTumorTiny3dTest"
+
+# the 3d trainer of this test: 4 epochs x 6 iterations (S, I, J, J); CASCADE_TEST_STOP_AFTER_EPOCH simulates a kill
+TRAINERS_3D = textwrap.dedent('''
+    import os
+    from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny
+
+
+    class nnUNetTrainerCascadeTumorTiny3dTest(nnUNetTrainerCascadeTumorTiny):
+        tiny_num_epochs = 4
+        tiny_iterations_per_epoch = 6
+        tiny_val_iterations_per_epoch = 1
+        tiny_max_features = 16
+        crop_margin = (2, 6, 6)  # z, y, x: the 16 x 32 x 32 patch, stage 2's stride (4, 8, 8)
+        separate_fraction = 0.25
+        joint_reference_fraction = 0.25
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            stop = os.environ.get("CASCADE_TEST_STOP_AFTER_EPOCH")
+            if stop is not None and self.current_epoch == int(stop):
+                raise SystemExit(17)  # as if killed: checkpoint_latest.pth of the finished epochs exists
+''')
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
 @pytest.fixture(scope="module")
-def cascade_run(nnunet_dirs, tmp_path_factory):
+def phantom(nnunet_dirs):
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-    raw = pathlib.Path(write_phantom_dataset(CASCADE_ID, PhantomConfig(num_cases=8, num_test=2, shape=(24, 48, 48), lesions=True,
-                                                          dataset_name="CascadePhantom"),
-                                str(nnunet_dirs["nnUNet_raw"])))
+    raw = pathlib.Path(write_phantom_dataset(CASCADE_ID, PhantomConfig(
+        num_cases=8, num_test=2, shape=(24, 48, 48), lesions=True, hard_every=100, dataset_name="CascadePhantom"),
+        str(nnunet_dirs["nnUNet_raw"])))
     run_cmd(["nnUNetv2_plan_and_preprocess", "-d", CASCADE_ID, "-c", "2d", "-np", "1"])
+    return raw
+
+
+@pytest.fixture(scope="module")
+def phantom_3d(nnunet_dirs):
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+    raw = pathlib.Path(write_phantom_dataset(CASCADE_3D_ID, PhantomConfig(
+        num_cases=6, num_test=1, shape=(16, 32, 32), lesions=True, hard_every=100, dataset_name="CascadePhantom3d"),
+        str(nnunet_dirs["nnUNet_raw"])))
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", CASCADE_3D_ID, "-c", "3d_fullres", "-np", "1"])
+    return raw
+
+
+@pytest.fixture(scope="module")
+def run_2d(phantom, nnunet_dirs, tmp_path_factory):
     train_log = run_cmd(["nnUNetv2_train", CASCADE_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], timeout=1800)
-    pred = tmp_path_factory.mktemp("cascade_pred")
-    run_cmd(["nnUNetv2_predict", "-i", f"{raw}/imagesTs", "-o", pred, "-d", CASCADE_ID, "-c", "2d", "-f", "0",
-             "-tr", TRAINER, "--disable_tta", "-device", "cpu"])
-    fold = next((nnunet_dirs["nnUNet_results"]).glob(f"Dataset{CASCADE_ID}_*/{TRAINER}__nnUNetPlans__2d/fold_0"))
-    return {"raw": raw, "pred": pred, "fold": fold, "train_output": train_log}
+    pred = tmp_path_factory.mktemp("cascade_pred_2d")
+    predict_log = run_cmd(["nnUNetv2_predict", "-i", f"{phantom}/imagesTs", "-o", pred, "-d", CASCADE_ID, "-c",
+                           "2d", "-f", "0", "-tr", TRAINER, "--disable_tta", "-device", "cpu"])
+    fold = next(nnunet_dirs["nnUNet_results"].glob(f"Dataset{CASCADE_ID}_*/{TRAINER}__nnUNetPlans__2d/fold_0"))
+    return {"raw": phantom, "pred": pred, "fold": fold, "train_output": train_log, "predict_output": predict_log}
 
 
-def test_steps_S_I_J_are_logged_per_epoch(cascade_run):
-    from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny as T
-    log = sorted(cascade_run["fold"].glob("training_log_*.txt"))[0].read_text()
-    steps = re.findall(r"Cascade step ([SIJ]):", log)
-    assert steps == ["S"] + ["I"] * 3 + ["J"] * 6 and len(steps) == T.tiny_num_epochs
-    assert "Cascade steps: S epochs [0, 1), I [1, 4), J [4, 10)" in log
-    assert "Cascade loss terms: L_seg1" in log and "nan" not in log.split("Cascade loss terms")[1][:80]
+@pytest.fixture(scope="module")
+def run_3d(phantom_3d, nnunet_dirs, tmp_path_factory):
+    trainers = tmp_path_factory.mktemp("cascade_trainers")
+    (trainers / "cascade_test_trainers.py").write_text(TRAINERS_3D, encoding="utf-8")
+    from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    env = {"nnUNet_extTrainer": os.pathsep.join([str(trainers), TRAINER_SEARCH_FOLDER])}
+    cmd = ["nnUNetv2_train", str(CASCADE_3D_ID), "3d_fullres", "0", "-tr", TRAINER_3D, "-device", "cpu"]
+    killed = subprocess.run(cmd, env={**os.environ, **TEST_ENV, **env, "CASCADE_TEST_STOP_AFTER_EPOCH": "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
+    assert killed.returncode != 0, killed.stdout[-3000:]
+    resumed = run_cmd(cmd + ["--c"], timeout=1800, env=env)
+    fold = next(nnunet_dirs["nnUNet_results"].glob(f"Dataset{CASCADE_3D_ID}_*/{TRAINER_3D}__nnUNetPlans__"
+                                                   f"3d_fullres/fold_0"))
+    # inputs: the test case and one without any organ (body fat only)
+    inputs = tmp_path_factory.mktemp("cascade_in_3d")
+    for f in (phantom_3d / "imagesTs").glob("*.nii.gz"):
+        (inputs / f.name).symlink_to(f)
+    template = sitk.ReadImage(str(next((phantom_3d / "imagesTs").glob("*.nii.gz"))))
+    empty = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(template).shape, -80, np.float32))
+    empty.CopyInformation(template)
+    sitk.WriteImage(empty, str(inputs / "noorgan_000_0000.nii.gz"))
+    pred = tmp_path_factory.mktemp("cascade_pred_3d")
+    predict_log = run_cmd(["nnUNetv2_predict", "-i", inputs, "-o", pred, "-d", CASCADE_3D_ID, "-c", "3d_fullres",
+                           "-f", "0", "-tr", TRAINER_3D, "--disable_tta", "-device", "cpu"], env=env)
+    return {"fold": fold, "pred": pred, "killed_output": killed.stdout, "resumed_output": resumed,
+            "predict_output": predict_log}
 
 
-def test_validation_at_end_of_training_has_organ_and_tumour(cascade_run):
-    summary = json.loads((cascade_run["fold"] / "validation" / "summary.json").read_text())
+def _training_log(fold):
+    return "\n".join(p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+
+
+# ------------------------------------------------------------------ 2d
+def test_2d_steps_loss_terms_and_sampling_are_logged(run_2d):
+    log = _training_log(run_2d["fold"])
+    assert re.findall(r"Cascade step ([SIJ]):", log) == ["S"] + ["I"] * 4 + ["J"] * 5
+    assert "Cascade steps: S epochs [0, 1), I [1, 5), J [5, 10); crop margin K = (8, 8) voxels = (8.0, 8.0) mm" in log
+    terms = re.findall(r"Cascade loss terms: L_seg1 (\S+), L_seg2 (\S+), L_isb (\S+);", log)
+    assert len(terms) == 10 and all(np.isfinite(float(v)) for t in terms for v in (x.rstrip(",") for x in t))
+    # the organ-centred loader (in the worker processes) put every organ patch's whole organ inside the patch
+    border = re.findall(r"patches whose organ touches the patch border: (\d+)/(\d+)", log)
+    assert len(border) == 10 and all(int(a) == 0 and int(b) == 100 for a, b in border), border
+
+
+def test_2d_validation_and_prediction_log_name_every_case(run_2d):
+    fold = run_2d["fold"]
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2"}
+    records = [json.loads(line) for line in (fold / "validation" / "cascade_prediction_log.jsonl").open()]
+    assert sorted(r["case"] for r in records) == sorted(summary["metric_per_case"][i]["prediction_file"].split(
+        "/")[-1][:-len(".nii.gz")] for i in range(len(summary["metric_per_case"])))
+    records = [json.loads(line) for line in (run_2d["pred"] / "cascade_prediction_log.jsonl").open()]
+    assert sorted(r["case"] for r in records) == ["case_008", "case_009"]
+    for r in records:
+        assert r["organ_found"] and r["tumour_stage_ran"] and r["spacing_mm"] == [3.0, 1.0, 1.0]
+        assert len(r["organ_box_voxels"]) == 3 and r["organ_box_mm"][0] == 3.0 * (
+            r["organ_box_voxels"][0][1] - r["organ_box_voxels"][0][0])
+    assert re.search(r"Cascade: case_008: stage 1 found the organ on \d+ slices; organ box \[", run_2d[
+        "predict_output"])
 
 
-def test_prediction_has_organ_labels_at_original_geometry(cascade_run):
-    raw, pred = cascade_run["raw"], cascade_run["pred"]
+def test_2d_prediction_geometry_and_quality(run_2d):
+    """Repeatable run (seeded, workers in a fixed order): thresholds set below what it reaches and above what a
+    cascade with a broken crop reaches (documented on the trainer page)."""
+    raw, pred = run_2d["raw"], run_2d["pred"]
     cases = sorted(p.name for p in (raw / "labelsTs").glob("*.nii.gz"))
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == cases
+    organ_dice, tumour_dice, tumour_found, tumour_inside = [], [], [], []
     for name in cases:
-        ref_img = sitk.ReadImage(str(raw / "labelsTs" / name))
-        out_img = sitk.ReadImage(str(pred / name))
+        ref_img, out_img = sitk.ReadImage(str(raw / "labelsTs" / name)), sitk.ReadImage(str(pred / name))
         assert out_img.GetSize() == ref_img.GetSize() and np.allclose(out_img.GetSpacing(), ref_img.GetSpacing())
         assert np.allclose(out_img.GetOrigin(), ref_img.GetOrigin())
-        out = sitk.GetArrayFromImage(out_img)
+        ref, out = sitk.GetArrayFromImage(ref_img), sitk.GetArrayFromImage(out_img)
         assert set(np.unique(out)) <= {0, 1, 2}
-        assert (out == 1).any(), f"{name}: no organ predicted, labels {np.unique(out)}"
-
-
-@pytest.mark.xfail(strict=False, reason="quality of a 250-iteration CPU model varies between runs (organ Dice 0.23-0.8 "
-                   "seen on the same case); issue 6 stays open until a deterministic quality check exists")
-def test_prediction_quality_of_tiny_cascade(cascade_run):
-    raw, pred = cascade_run["raw"], cascade_run["pred"]
-    tumour_inside, organ_dice = [], []
-    for name in sorted(p.name for p in (raw / "labelsTs").glob("*.nii.gz")):
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / name)))
-        out = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / name)))
-        organ_ref, organ_out = ref > 0, out > 0
-        organ_dice.append(2 * (organ_ref & organ_out).sum() / (organ_ref.sum() + organ_out.sum()))
+        organ_dice.append(_dice(ref > 0, out > 0))
+        tumour_dice.append(_dice(ref == 2, out == 2))
+        tumour_found.append(bool(((ref == 2) & (out == 2)).any()))
         if (out == 2).any():
-            tumour_inside.append((organ_ref[out == 2]).mean())  # share of predicted tumour inside the organ
-    assert min(organ_dice) > 0.5, organ_dice
-    assert tumour_inside and all(t > 0.8 for t in tumour_inside), tumour_inside
+            tumour_inside.append(float((ref[out == 2] > 0).mean()))
+    # measured on this run: organ Dice 0.69 / 0.57, tumour Dice 0.81 / 0.71, 100 % / 83 % of the tumour inside
+    assert min(organ_dice) > 0.45, organ_dice
+    assert all(tumour_found) and np.mean(tumour_dice) > 0.4, (tumour_found, tumour_dice)
+    assert min(tumour_inside) > 0.6, tumour_inside
 
 
-def test_resume_restores_the_step(cascade_run, tmp_path):
-    """--c loads checkpoint_latest (current_epoch + 1 is stored); the step then follows from the epoch."""
+# ------------------------------------------------------------------ 3d_fullres, --c, empty stage 1
+def test_3d_resume_continues_in_the_right_step(run_3d):
+    assert "Cascade step S" in run_3d["killed_output"] and "Cascade step J" not in run_3d["killed_output"]
+    log = _training_log(run_3d["fold"])
+    steps = re.findall(r"Cascade step ([SIJ]):", log)
+    assert steps == ["S", "I", "J", "J"], steps  # epochs 0, 1 before the kill, 2, 3 after --c
+    assert (run_3d["fold"] / "checkpoint_final.pth").is_file()
+    assert json.loads((run_3d["fold"] / "validation" / "summary.json").read_text())["mean"].keys() == {"1", "2"}
+    assert "crop margin K = (2, 6, 6) voxels = (6.0, 6.0, 6.0) mm" in log
+
+
+def test_3d_prediction_and_empty_stage1_case(run_3d):
+    pred, out = run_3d["pred"], run_3d["predict_output"]
+    assert sorted(p.name for p in pred.glob("*.nii.gz")) == ["case_006.nii.gz", "noorgan_000.nii.gz"]
+    empty = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "noorgan_000.nii.gz")))
+    assert (empty == 0).all()
+    assert "WARNING: Cascade: noorgan_000: stage 1 found no organ; tumour label left empty (tumour stage " \
+           "not run)" in out
+    records = {json.loads(line)["case"]: json.loads(line) for line in (pred / "cascade_prediction_log.jsonl").open()}
+    assert set(records) == {"case_006", "noorgan_000"}
+    assert records["noorgan_000"]["organ_found"] is False and records["noorgan_000"]["tumour_stage_ran"] is False
+    assert records["case_006"]["configuration_dims"] == 3 and records["case_006"]["spacing_mm"] == [3.0, 1.0, 1.0]
+    assert records["case_006"]["crop_margin_voxels"] == [2, 6, 6]
+
+
+# ------------------------------------------------------------------ bad input, before any work
+def test_bad_parameters_and_datasets_fail_before_training(run_2d):
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny as T
-    fold = cascade_run["fold"]
-    plans, dataset_json = load_json(fold.parent / "plans.json"), load_json(fold.parent / "dataset.json")
-    plans["continue_training"] = True  # nnUNetv2_train sets this (2.8) before creating the trainer
-    first = T(plans, "2d", 1, dataset_json, torch.device("cpu"))  # fold 1: logs stay out of fold_0
-    first.initialize()
-    first.current_epoch = 0
-    assert first.apply_cascade_step().name == "S" and not bool(first.cascade_network.prior_enabled)
-    first.save_checkpoint(str(tmp_path / "checkpoint_latest.pth"))  # as at the end of epoch 0
-    plans["continue_training"] = True
-    resumed = T(plans, "2d", 1, dataset_json, torch.device("cpu"))  # fold 1: logs stay out of fold_0
-    resumed.initialize()
-    resumed.load_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
-    assert resumed.current_epoch == 1 and not bool(resumed.cascade_network.prior_enabled)  # weights as saved
-    assert resumed.apply_cascade_step().name == "I" and bool(resumed.cascade_network.prior_enabled)
-    resumed.current_epoch = 4  # S [0, 1), I [1, 4), J [4, 10)
-    assert resumed.apply_cascade_step().name == "J" and bool(resumed.cascade_network.prior_enabled)
 
-
-def test_bad_dataset_fails_before_training(cascade_run, tmp_path):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny as T
-    fold = cascade_run["fold"]
+    fold = run_2d["fold"]
     plans, dataset_json = load_json(fold.parent / "plans.json"), load_json(fold.parent / "dataset.json")
     plans["continue_training"] = False
-    no_tumour = dict(dataset_json, labels={"background": 0, "organ": 1})
+
+    def make(cls, dj=dataset_json):
+        return cls(dict(plans, continue_training=False), "2d", 1, dj, torch.device("cpu"))
+
+    class WideMargin(T):
+        crop_margin = 21  # 2 * 21 + 8 (stage 2's total stride) > 48
+    with pytest.raises(ValueError, match=r"no room .* largest K per axis: \(20, 20\)"):
+        make(WideMargin)
+
+    class BadLoss(T):
+        stage1_loss = "ce"
+    with pytest.raises(ValueError, match="stage1_loss"):
+        make(BadLoss)
     with pytest.raises(ValueError, match="needs labels"):
-        T(dict(plans), "2d", 1, no_tumour, torch.device("cpu"))
-    regions = dict(dataset_json, labels={"background": 0, "whole": [1, 2], "tumour": 2}, regions_class_order=[1, 2])
+        make(T, dict(dataset_json, labels={"background": 0, "organ": 1}))
     with pytest.raises(ValueError, match="region"):
-        T(dict(plans), "2d", 1, regions, torch.device("cpu"))
+        make(T, dict(dataset_json, labels={"background": 0, "whole": [1, 2], "tumour": 2}, regions_class_order=[1, 2]))
