@@ -163,3 +163,47 @@ def test_unlabelled_cases_from_folder_and_list(tmp_path):
     with pytest.raises(UnlabelledCasesError, match="u1_0001.nii.gz"):
         find_unlabelled_cases(str(tmp_path), dj2)
     assert find_unlabelled_cases(str(tmp_path / "nothing"), dj) == {}
+
+
+# ------------------------------------------------------------------------------------------------ DDP (gloo, CPU)
+def _ddp_rank(rank, world, port, out_dir):
+    import os
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # same initial weights on both ranks, as nnU-Net's DDP start broadcasts them
+        pair = CPSNetworkPair(*build_pair_members(_plans(2).get_configuration("c"), 1, 2, True, (1, 1, 1)))
+        model = DDP(pair)
+        optimizer = torch.optim.SGD(model.parameters(), 0.1)
+        dice = MemoryEfficientSoftDiceLoss(apply_nonlin=lambda x: torch.softmax(x, 1), batch_dice=True, do_bg=False,
+                                           smooth=1e-5, ddp=True)
+        cps = CrossPseudoSupervisionLoss(dice)
+        torch.manual_seed(100 + rank)  # different data per rank
+        x = torch.randn(4, 1, 16, 16)
+        out_a, out_b = model(x, return_both=True)  # the kwarg passes through DDP
+        loss = cps(out_a[0], out_b[0]) + sum(o.mean() for o in out_a[1:]) + sum(o.mean() for o in out_b[1:])
+        loss.backward()
+        optimizer.step()
+        torch.save({k: v.detach() for k, v in pair.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pair_trains_under_ddp_with_the_return_both_path(tmp_path):
+    """DDP wraps the pair; both networks' gradients are all-reduced (weights equal on both ranks after a step on
+    different data), and the CPS Dice's batch statistics are gathered across ranks (nnU-Net's ddp=True)."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    w0, w1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    torch.manual_seed(0)
+    start = CPSNetworkPair(*build_pair_members(_plans(2).get_configuration("c"), 1, 2, True, (1, 1, 1))).state_dict()
+    for k in w0:
+        torch.testing.assert_close(w0[k], w1[k])
+    changed = [k for k in w0 if not torch.equal(w0[k], start[k])]
+    assert any(k.startswith("net_a.") for k in changed) and any(k.startswith("net_b.") for k in changed)

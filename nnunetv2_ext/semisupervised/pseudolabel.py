@@ -61,6 +61,12 @@ class PredictionSet:
     """Foreground labels from dataset.json; None: inferred per case from the data."""
     label_names: Dict[int, str] = field(default_factory=dict)
 
+    def for_case(self, case: str) -> "PredictionSet":
+        """The same set restricted to one case (what a worker process needs; cheap to pickle for 2000 cases)."""
+        return PredictionSet(self.folders, self.file_ending, [case], [{case: f[case]} for f in self.files],
+                             [{case: f[case]} for f in self.probability_files] if self.probability_files else None,
+                             self.dataset_json, self.labels, self.label_names)
+
 
 def foreground_labels(dataset_json: dict) -> Tuple[Tuple[int, ...], Dict[int, str]]:
     """(foreground labels, names) of a label-based dataset.json; regions are refused (argmax pseudo-labels and Eq. 1
@@ -226,7 +232,7 @@ def score_predictions(pred: PredictionSet, level: str = "slice", num_processes: 
                       progress: bool = False) -> List[CaseScore]:
     """Scores every case; raises PseudoLabelError naming the first bad case (after all were tried)."""
     check_level(level)
-    jobs = [(pred, c, level) for c in pred.cases]
+    jobs = [(pred.for_case(c), c, level) for c in pred.cases]
     if num_processes > 1 and len(jobs) > 1:
         with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
             iterator = pool.imap(_score_worker, jobs, chunksize=1)
@@ -408,7 +414,7 @@ def write_dataset(plan: DatasetPlan, pred: PredictionSet, selected: Sequence[str
         for case in selected:
             for i, f in enumerate(plan.images[case]):
                 _link_or_copy(f, join(tmp, "imagesTr", f"{case}_{i:04d}{ending}"), copy)
-        jobs = [(pred, case, join(tmp, "labelsTr", case + ending)) for case in selected]
+        jobs = [(pred.for_case(case), case, join(tmp, "labelsTr", case + ending)) for case in selected]
         if num_processes > 1 and len(jobs) > 1:
             with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
                 errors = [e for e in pool.map(_write_pseudo_label, jobs) if e]

@@ -73,7 +73,7 @@ def ranking_check(prediction_folders: Sequence[str], reference_folder: str, data
     if missing:
         raise PseudoLabelError(f"{len(missing)} predicted case(s) have no reference in {reference_folder}: "
                                f"{missing[:5]}")
-    jobs = [(pred, c, refs[c]) for c in pred.cases]
+    jobs = [(pred.for_case(c), c, refs[c]) for c in pred.cases]
     if num_processes > 1:
         with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
             return pool.map(_check_case, jobs, chunksize=1)
