@@ -57,24 +57,24 @@ def _dice(a, b):
     return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
+def _lesion_phantom(nnunet_dirs, dataset_id, configuration, **config):
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+    raw = pathlib.Path(write_phantom_dataset(dataset_id, PhantomConfig(lesions=True, hard_every=100, **config),
+                                             str(nnunet_dirs["nnUNet_raw"])))
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", configuration, "-np", "1"])
+    return raw
+
+
 @pytest.fixture(scope="module")
 def phantom(nnunet_dirs):
-    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-    raw = pathlib.Path(write_phantom_dataset(CASCADE_ID, PhantomConfig(
-        num_cases=8, num_test=2, shape=(24, 48, 48), lesions=True, hard_every=100, dataset_name="CascadePhantom"),
-        str(nnunet_dirs["nnUNet_raw"])))
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", CASCADE_ID, "-c", "2d", "-np", "1"])
-    return raw
+    return _lesion_phantom(nnunet_dirs, CASCADE_ID, "2d", num_cases=8, num_test=2, shape=(24, 48, 48),
+                           dataset_name="CascadePhantom")
 
 
 @pytest.fixture(scope="module")
 def phantom_3d(nnunet_dirs):
-    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-    raw = pathlib.Path(write_phantom_dataset(CASCADE_3D_ID, PhantomConfig(
-        num_cases=6, num_test=1, shape=(16, 32, 32), lesions=True, hard_every=100, dataset_name="CascadePhantom3d"),
-        str(nnunet_dirs["nnUNet_raw"])))
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", CASCADE_3D_ID, "-c", "3d_fullres", "-np", "1"])
-    return raw
+    return _lesion_phantom(nnunet_dirs, CASCADE_3D_ID, "3d_fullres", num_cases=6, num_test=1, shape=(16, 32, 32),
+                           dataset_name="CascadePhantom3d")
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             f"{self.stage2_max_zoom}; stage 2: {self.encoder} encoder, {net.stage2.num_focus_levels} focusing "
             f"levels, weights {focus_level_weights(net.stage2.num_focus_levels, self.focus_weights)}; stage-1 loss "
             f"{self.stage1_loss}; empty-organ fallback '{self.empty_organ_fallback}'")
-        if self._organ_box_report:
+        if getattr(self, "_organ_box_report", None):
             self.print_to_log_file(self._organ_box_report)
 
     def _check_dataset_content(self) -> None:

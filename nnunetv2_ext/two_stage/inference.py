@@ -18,7 +18,8 @@ stage 2 runs on that crop. This module gives such networks the case:
 - :func:`write_case_record` appends one JSON line per case to a log file in the output folder.
 
 Known limit: ``nnUNetv2_predict -npp 0 -nps 0`` (sequential mode) does not pass the case through
-``predict_from_data_iterator``; the prediction is the same, the log names the case ``(unnamed)``.
+``predict_from_data_iterator``; the prediction is the same, the log names the case ``(unnamed)`` and there is no
+output folder for the per-case records.
 """
 from __future__ import annotations
 
