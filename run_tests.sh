@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment (once) and runs the whole test suite. This is the README's test command; .ci/run calls it.
+# Sets up a virtual environment (once) and runs the test suite. This is the README's test command; .ci/run calls it.
+# Arguments go to pytest:
+#   bash run_tests.sh                   the whole suite (target: under 20 minutes on a 2-core CPU machine)
+#   bash run_tests.sh -m "not e2e"      the quick loop (target: under 2 minutes): everything but the tests marked
+#                                       e2e (trainings, preprocessing, nnU-Net commands; see tests/conftest.py)
+#   bash run_tests.sh -k boundary       tests whose name matches
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_venv.sh

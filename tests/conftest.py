@@ -1,23 +1,167 @@
-"""Shared test set-up: nnU-Net folders in a temporary place, augmentation workers ON (as in real training)."""
+"""The suite's shared set-up: one set of helpers for every test module.
+
+* nnU-Net folders: ``nnunet_dirs`` (session: nnUNet_raw / nnUNet_preprocessed / nnUNet_results in a temporary place,
+  set in ``os.environ`` so that subprocesses see them); ``private_nnunet_dirs`` (module: a module's own three
+  folders, for tests that need dataset ids of their own, e.g. converters writing many datasets).
+* Commands: ``run_cmd`` (an nnU-Net / nnunetv2_ext command that must succeed; returns its output) and
+  ``run_process`` (any command, its exit status is the caller's business). Both run the command in its own process
+  group with ``TEST_ENV`` (augmentation workers ON, as in real training; one thread per process) and kill the whole
+  group on a timeout (nnU-Net's augmentation workers included).
+* Trainers: ``make_trainer`` builds a trainer exactly as ``nnUNetv2_train`` does (on the CPU, nothing trained), for
+  the checks that must fire before training.
+* Datasets, one session fixture per phantom, shared by all modules (never generate and preprocess the same phantom
+  twice): ``phantom_2d_plans`` / ``phantom_2d`` (+ ``phantom_2d_loading``) and ``lesion_phantom_plans`` /
+  ``lesion_phantom``. The ``*_plans`` fixtures run only nnU-Net's fingerprint extraction and planning (a few seconds):
+  quick checks that need plans and dataset.json use them and never wait for preprocessing; the others add nnU-Net's
+  preprocessing. ``plan_dataset`` / ``preprocess_dataset`` do the same for a test's own dataset.
+
+Markers: a test that trains, preprocesses or runs nnU-Net commands for more than a few seconds is marked
+``@pytest.mark.e2e``; ``pytest -m "not e2e"`` (``bash run_tests.sh -m "not e2e"``) is the quick loop.
+
+Timeouts, the rule: pytest-timeout (``timeout`` in pytest.ini, or ``@pytest.mark.timeout(n)``) is the limit for a
+whole test, the set-up of the fixtures it is the first to use included. A command's own timeout (``run_cmd`` /
+``run_process``, ``CMD_TIMEOUT`` unless a call says otherwise) is a budget for that one command, and it is always cut
+to end ``CMD_TIMEOUT_MARGIN`` seconds before pytest's limit for the running test. So a hung command is always killed
+by ``run_cmd`` first, with its process group, and the failure shows the end of its output (pytest's own timeout would
+show only a stack dump of the test process). Keep per-call timeouts for what one command may reasonably take on a
+loaded 2-core machine; raise pytest's limit (marker) only for a test that needs more than ``timeout`` in total.
+"""
+import json
 import os
 import pathlib
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# Augmentation workers ON, as in real training; nnU-Net's export pool small and one thread per process (CI: 2 cores).
+TEST_ENV = {"nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+#: default budget of one command (seconds); per-call values may differ, see the module docstring
+CMD_TIMEOUT = 900
+#: a command's timeout ends at least this long before pytest's timeout of the running test
+CMD_TIMEOUT_MARGIN = 30
+
+# ------------------------------------------------------------------------------------------------- timeouts
+_test_deadline = None  # time.monotonic() at which pytest-timeout fails the running test (None: no limit)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout starts its timer for a test (set-up included): remember when it fires. Returns None, so that
+    pytest-timeout's own implementation still sets the timer."""
+    global _test_deadline
+    _test_deadline = time.monotonic() + settings.timeout
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item):
+    global _test_deadline
+    _test_deadline = None
+
+
+def command_timeout(timeout: float) -> float:
+    """``timeout``, cut so that it expires ``CMD_TIMEOUT_MARGIN`` s before pytest's timeout of the running test."""
+    if _test_deadline is None:
+        return timeout
+    return max(1.0, min(timeout, _test_deadline - time.monotonic() - CMD_TIMEOUT_MARGIN))
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def run_process(args, timeout=CMD_TIMEOUT, env=None, cwd=None, stderr=subprocess.STDOUT, stdout=subprocess.PIPE):
+    """Runs ``args`` in its own process group with ``os.environ`` + ``TEST_ENV`` + ``env`` (a value None removes the
+    variable); returns the ``subprocess.CompletedProcess`` whatever its exit status (stderr merged into stdout unless
+    ``stderr`` says otherwise). On a timeout (see the module docstring) the whole process group is killed and the
+    test fails with the end of the output."""
+    full_env = dict(os.environ)
+    full_env.update(TEST_ENV)
+    for k, v in (env or {}).items():
+        if v is None:
+            full_env.pop(k, None)
+        else:
+            full_env[k] = str(v)
+    args = [str(a) for a in args]
+    limit = command_timeout(timeout)
+    p = subprocess.Popen(args, env=full_env, cwd=cwd, stdout=stdout, stderr=stderr, text=True,
+                         errors="replace", start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"{' '.join(args)} timed out after {limit:.0f} s (killed with its process group):\n"
+                             f"{(out or '')[-6000:]}{(err or '')[-3000:]}") from None
+    finally:
+        if p.poll() is None:  # an exception while waiting (e.g. KeyboardInterrupt): leave nothing behind
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
+def run_cmd(args, timeout=CMD_TIMEOUT, env=None, cwd=None):
+    """Runs an nnU-Net / nnunetv2_ext command that must succeed (``run_process``); returns its output (stdout and
+    stderr). On failure the assertion shows the end of the output."""
+    p = run_process(args, timeout, env, cwd)
+    assert p.returncode == 0, f"{' '.join(p.args)} failed ({p.returncode}):\n{p.stdout[-6000:]}"
+    return p.stdout
+
+
+# ------------------------------------------------------------------------------------------------- trainers
+def _json(source) -> dict:
+    if isinstance(source, (str, os.PathLike)):
+        with open(source) as f:
+            return json.load(f)
+    return json.loads(json.dumps(source))  # a deep copy: the caller's dict is never changed
+
+
+def make_trainer(trainer_class, plans, dataset_json, configuration="2d", fold=0):
+    """``trainer_class`` built as ``nnUNetv2_train`` builds it, on the CPU; nothing is loaded or trained (nnU-Net
+    creates the fold's output folder). For the checks that must fire before training and for what a trainer derives
+    from the plans (pipelines, networks). ``plans`` / ``dataset_json``: a dict (copied, never changed) or a path to
+    nnU-Net's JSON file."""
+    import torch
+    plans = _json(plans)
+    plans["continue_training"] = False  # nnUNetv2_train (2.8) sets this key before creating the trainer
+    return trainer_class(plans, configuration, fold, _json(dataset_json), torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------------- folders
+def _nnunet_folders(base: pathlib.Path) -> dict:
+    dirs = {k: base / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for v in dirs.values():
+        v.mkdir()
+    return dirs
+
 
 @pytest.fixture(scope="session")
 def nnunet_dirs(tmp_path_factory):
     """nnUNet_raw / nnUNet_preprocessed / nnUNet_results for the whole session (set in os.environ, so subprocesses
-    such as nnUNetv2_train see them)."""
-    base = tmp_path_factory.mktemp("nnunet")
-    dirs = {k: base / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    such as nnUNetv2_train see them). Dataset ids used here must not clash between modules (see their constants)."""
+    dirs = _nnunet_folders(tmp_path_factory.mktemp("nnunet"))
     for k, v in dirs.items():
-        v.mkdir()
         os.environ[k] = str(v)
     return dirs
+
+
+@pytest.fixture(scope="module")
+def private_nnunet_dirs(nnunet_dirs, tmp_path_factory):
+    """A module's own nnUNet_raw / _preprocessed / _results (set in os.environ while the module runs, then the
+    session's folders again): its dataset ids cannot clash with other modules'. Session fixtures must not be set up
+    first by such a module (they would write into its folders)."""
+    dirs = _nnunet_folders(tmp_path_factory.mktemp("nnunet_private"))
+    saved = {k: os.environ.get(k) for k in dirs}
+    os.environ.update({k: str(v) for k, v in dirs.items()})
+    yield dirs
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -27,46 +171,84 @@ def shared_data():
     return SHARED_DATA
 
 
-def run_cmd(args, timeout=900, env=None, cwd=None):
-    """Runs an nnU-Net / nnunetv2_ext command; on failure the assertion shows the end of its output. On a timeout the
-    whole process group goes (nnU-Net's augmentation workers included)."""
-    import signal
-    import subprocess
-    full_env = dict(os.environ)
-    full_env.update(TEST_ENV)
-    full_env.update(env or {})
-    p = subprocess.Popen([str(a) for a in args], env=full_env, cwd=cwd, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, _ = p.communicate()
-        raise AssertionError(f"{' '.join(map(str, args))} timed out after {timeout} s:\n{out[-6000:]}")
-    assert p.returncode == 0, f"{' '.join(map(str, args))} failed ({p.returncode}):\n{out[-6000:]}"
-    return out
+# ------------------------------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class PlannedDataset:
+    """A raw dataset with nnU-Net's fingerprint and plans in nnUNet_preprocessed."""
+    id: int
+    raw: pathlib.Path
+    preprocessed: pathlib.Path
+
+    @property
+    def name(self) -> str:
+        return self.raw.name
+
+    @property
+    def plans(self) -> dict:
+        """nnUNetPlans.json (a fresh copy on every access)."""
+        return _json(self.preprocessed / "nnUNetPlans.json")
+
+    @property
+    def dataset_json(self) -> dict:
+        """dataset.json (a fresh copy on every access)."""
+        return _json(self.raw / "dataset.json")
 
 
-# Augmentation workers ON, as in real training; nnU-Net's export pool small (CI has 2 cores).
-TEST_ENV = {"nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "1"}
+def plan_dataset(dataset_id: int) -> PlannedDataset:
+    """nnU-Net's fingerprint extraction (1 worker) and planning of a raw dataset, in-process (as
+    ``nnUNetv2_plan_and_preprocess --no_pp -npfp 1``, without a second interpreter start): plans for every
+    configuration, nothing preprocessed."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+    extract_fingerprints([dataset_id], num_processes=1, verbose=False, show_progress_bar=False)
+    plan_experiments([dataset_id])
+    name = convert_id_to_dataset_name(dataset_id)
+    return PlannedDataset(dataset_id, pathlib.Path(os.environ["nnUNet_raw"]) / name,
+                          pathlib.Path(os.environ["nnUNet_preprocessed"]) / name)
+
+
+def preprocess_dataset(dataset_id: int, configurations=("2d",)) -> None:
+    """nnU-Net's preprocessing of a planned dataset (1 worker per configuration), in-process (as
+    ``nnUNetv2_preprocess -d ID -c ... -np 1``)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess
+    preprocess([dataset_id], configurations=list(configurations), num_processes=[1] * len(configurations),
+               verbose=False, show_progress_bar=False)
+
+
+def plan_and_preprocess(dataset_id: int, configurations=("2d",)) -> PlannedDataset:
+    """``plan_dataset`` + ``preprocess_dataset``: what ``nnUNetv2_plan_and_preprocess -d ID -c ... -np 1 -npfp 1``
+    writes."""
+    planned = plan_dataset(dataset_id)
+    preprocess_dataset(dataset_id, configurations)
+    return planned
+
+
+#: the organ phantom: 10 training + 2 test cases, 24x48x48, label 1 = organ
 PHANTOM_ID = 901
+#: the lesion phantom: organ (1) + tumour (2) + ignore band (3), 8 training + 2 test cases, 24x48x48
+LESION_PHANTOM_ID = 951
 
 
 @pytest.fixture(scope="session")
-def phantom_2d(nnunet_dirs):
-    """The phantom (10 training + 2 test cases, 24x48x48), planned and preprocessed for 2d; returns its raw folder."""
+def phantom_2d_plans(nnunet_dirs):
+    """The organ phantom, planned (fingerprint + plans, nothing preprocessed): for checks that need only plans."""
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-    raw = write_phantom_dataset(PHANTOM_ID, PhantomConfig(num_cases=10, num_test=2, shape=(24, 48, 48)),
-                                str(nnunet_dirs["nnUNet_raw"]))
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", PHANTOM_ID, "-c", "2d", "-np", "1"])
-    return pathlib.Path(raw)
+    write_phantom_dataset(PHANTOM_ID, PhantomConfig(num_cases=10, num_test=2, shape=(24, 48, 48)),
+                          str(nnunet_dirs["nnUNet_raw"]))
+    return plan_dataset(PHANTOM_ID)
+
+
+@pytest.fixture(scope="session")
+def phantom_2d(phantom_2d_plans):
+    """The organ phantom, planned and preprocessed for 2d; returns its raw folder."""
+    preprocess_dataset(PHANTOM_ID, ["2d"])
+    return phantom_2d_plans.raw
 
 
 @pytest.fixture(scope="session")
 def phantom_2d_loading(phantom_2d, nnunet_dirs):
     """What a loader test needs for the 2d phantom: dataset object, identifiers, label manager, patch size and the
     PNSS/HESS slice table of all its training cases."""
-    import json
     from types import SimpleNamespace
 
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -79,6 +261,22 @@ def phantom_2d_loading(phantom_2d, nnunet_dirs):
     ids = sorted(ds_class.get_identifiers(folder))
     ds = ds_class(folder, ids)
     pm = PlansManager(str(pre / "nnUNetPlans.json"))
-    return SimpleNamespace(ds=ds, ids=ids, lm=pm.get_label_manager(json.load(open(pre / "dataset.json"))),
+    return SimpleNamespace(ds=ds, ids=ids, lm=pm.get_label_manager(_json(pre / "dataset.json")),
                            patch=pm.get_configuration("2d").patch_size,
                            table=build_slice_table(ds, ids, folder, None, log=lambda m: None))
+
+
+@pytest.fixture(scope="session")
+def lesion_phantom_plans(nnunet_dirs):
+    """The lesion phantom, planned (fingerprint + plans for 2d and 3d_fullres, nothing preprocessed)."""
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+    write_phantom_dataset(LESION_PHANTOM_ID, PhantomConfig(num_cases=8, num_test=2, shape=(24, 48, 48), lesions=True,
+                                                           ignore_label=True), str(nnunet_dirs["nnUNet_raw"]))
+    return plan_dataset(LESION_PHANTOM_ID)
+
+
+@pytest.fixture(scope="session")
+def lesion_phantom(lesion_phantom_plans):
+    """The lesion phantom, preprocessed for 2d and 3d_fullres."""
+    preprocess_dataset(LESION_PHANTOM_ID, ["2d", "3d_fullres"])
+    return lesion_phantom_plans

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import make_trainer
+
 from nnunetv2_ext.two_stage.coarse_to_fine import (COARSE_TO_FINE_SCHEDULE, CoarseToFineLoss, CoarseToFineNet,
                                                    coarse_to_fine_schedule, keep_in_graph, reference_organ)
 from nnunetv2_ext.two_stage.crop import crop_with_padding
@@ -396,3 +398,36 @@ def test_reference_organ_excludes_the_ignore_label():
     target = torch.tensor([[[[0, 1, 2]]]])
     assert reference_organ(target).tolist() == [[[False, True, False]]]
     assert np.isclose(relative_dice(torch.ones(3), torch.ones(3))[0], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def test_bad_input_fails_before_training(phantom_2d_plans):
+    """Refused when the trainer is built (as nnUNetv2_train builds it) or its network rebuilt (as nnUNetv2_predict
+    does), before any case is read. Needs only the phantom's plans."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineTiny as T
+    plans, dataset_json = phantom_2d_plans.plans, phantom_2d_plans.dataset_json
+
+    two_organs = dict(dataset_json, labels={"background": 0, "organ": 1, "other": 2})
+    with pytest.raises(ValueError, match="ONE organ"):
+        make_trainer(T, plans, two_organs, "2d", 1)
+    regions = dict(dataset_json, labels={"background": 0, "organ": [1, 2], "core": 2}, regions_class_order=[1, 2])
+    with pytest.raises(ValueError, match="region"):
+        make_trainer(T, plans, regions, "2d", 1)
+    for attr, value, match in (("crop_margin", -1, "crop margin"), ("tol", 0.0, "tol"), ("tol", 1.5, "tol"),
+                               ("max_iterations", 0, "T_max")):
+        bad = type("Bad", (T,), {attr: value})
+        with pytest.raises(ValueError, match=match):
+            make_trainer(bad, plans, dataset_json, "2d", 1)
+        # nnUNetv2_predict rebuilds the network through the class: the same check, before any case is read
+        pm = PlansManager(phantom_2d_plans.plans)
+        with pytest.raises(ValueError, match=match):
+            bad.build_network_architecture(pm, pm.get_configuration("2d"), 1, 2, False)
+    three_d = phantom_2d_plans.plans
+    three_d["configurations"]["3d_fullres"] = dict(three_d["configurations"]["2d"], patch_size=[16, 32, 32],
+                                                   spacing=[3.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="2d slices"):
+        make_trainer(T, three_d, dataset_json, "3d_fullres", 1)
+    ignore = dict(dataset_json, labels={"background": 0, "organ": 1, "ignore": 2})
+    make_trainer(T, plans, ignore, "2d", 1)  # an ignore label is fine (boxes from label 1 only)

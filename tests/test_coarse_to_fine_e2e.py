@@ -1,27 +1,28 @@
 """Coarse-to-fine end to end through nnU-Net's own commands (issue 12), augmentation workers on (nnUNet_n_proc_DA=2).
 
-One module-scoped set-up on the phantom (10 training + 2 held-out cases, 24x48x48, dataset 930, 2d):
+One module-scoped set-up on the session's phantom (conftest ``phantom_2d``: 10 training + 2 held-out cases, 24x48x48,
+2d):
 
 - ``nnUNetv2_train`` fold 0 with nnUNetTrainerCoarseToFineTiny (10 epochs x 25 iterations: steps S, I, J), the
   validation at the end with the iterative test, ``nnUNetv2_predict`` with the iterative test and its per-case log;
 - fold 1 with the MLN variant (2 iterations per epoch), interrupted after epoch 2 and resumed with
   ``nnUNetv2_train --c`` (it continues in step I, then J, and the MLN's boundary/pixel terms switch on at epoch 5);
   its end-of-training validation runs the MLN's iterative test.
+
+(The bad-input checks, which need only plans, are in test_coarse_to_fine.py.)
 """
 import json
-import pathlib
 import re
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-from conftest import run_cmd
+from conftest import PHANTOM_ID, run_cmd
 
 pytestmark = pytest.mark.e2e
 
-C2F_ID = 930
+C2F_ID = PHANTOM_ID
 TRAINER = "nnUNetTrainerCoarseToFineTiny"
 RESUME_TRAINER = "nnUNetTrainerC2FMLNResumeTest"
 RESUME_TRAINER_CODE = '''
@@ -51,12 +52,8 @@ def _fold_dir(nnunet_dirs, trainer, fold):
 
 
 @pytest.fixture(scope="module")
-def c2f_run(nnunet_dirs, tmp_path_factory):
-    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-    raw = pathlib.Path(write_phantom_dataset(C2F_ID, PhantomConfig(num_cases=10, num_test=2, shape=(24, 48, 48),
-                                                                   dataset_name="CoarseToFinePhantom"),
-                                             str(nnunet_dirs["nnUNet_raw"])))
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", C2F_ID, "-c", "2d", "-np", "1", "-npfp", "1"])
+def c2f_run(phantom_2d, nnunet_dirs, tmp_path_factory):
+    raw = phantom_2d
     train_log = run_cmd(["nnUNetv2_train", C2F_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], timeout=1200)
     pred = tmp_path_factory.mktemp("c2f_pred")
     iteration_json = pred.parent / "c2f_pred_iterations.json"
@@ -163,39 +160,3 @@ def test_mln_runs_the_iterative_test_in_validation(mln_resumed_run):
     assert sorted(c["case"] for c in it["per_case"]) == val_cases and len(val_cases) == 2
     assert all(c["inputs"] == 24 for c in it["per_case"])
     assert "Mean Validation Dice" in _log(fold)
-
-
-def test_bad_input_fails_before_training(c2f_run):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineTiny as T
-    fold = c2f_run["fold"]
-    dataset_json = load_json(fold.parent / "dataset.json")
-
-    def plans():
-        p = load_json(fold.parent / "plans.json")
-        p["continue_training"] = False  # nnUNetv2_train sets this key (2.8) before creating the trainer
-        return p
-
-    two_organs = dict(dataset_json, labels={"background": 0, "organ": 1, "other": 2})
-    with pytest.raises(ValueError, match="ONE organ"):
-        T(plans(), "2d", 1, two_organs, torch.device("cpu"))
-    regions = dict(dataset_json, labels={"background": 0, "organ": [1, 2], "core": 2}, regions_class_order=[1, 2])
-    with pytest.raises(ValueError, match="region"):
-        T(plans(), "2d", 1, regions, torch.device("cpu"))
-    for attr, value, match in (("crop_margin", -1, "crop margin"), ("tol", 0.0, "tol"), ("tol", 1.5, "tol"),
-                               ("max_iterations", 0, "T_max")):
-        bad = type("Bad", (T,), {attr: value})
-        with pytest.raises(ValueError, match=match):
-            bad(plans(), "2d", 1, dataset_json, torch.device("cpu"))
-        # nnUNetv2_predict rebuilds the network through the class: the same check, before any case is read
-        pm = PlansManager(load_json(fold.parent / "plans.json"))
-        with pytest.raises(ValueError, match=match):
-            bad.build_network_architecture(pm, pm.get_configuration("2d"), 1, 2, False)
-    three_d = plans()
-    three_d["configurations"]["3d_fullres"] = dict(three_d["configurations"]["2d"], patch_size=[16, 32, 32],
-                                                   spacing=[3.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="2d slices"):
-        T(three_d, "3d_fullres", 1, dataset_json, torch.device("cpu"))
-    ignore = dict(dataset_json, labels={"background": 0, "organ": 1, "ignore": 2})
-    T(plans(), "2d", 1, ignore, torch.device("cpu"))  # an ignore label is fine (boxes from label 1 only)

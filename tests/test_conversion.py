@@ -1,5 +1,7 @@
 """Dataset converters (issue 3): geometry check, splits, NIH/LiTS/MSD/FLARE22 on synthetic source layouts, bad-input
-reports, idempotence, and the real DICOM series whose label is stored y-flipped (../shared/data/real_ct)."""
+reports, idempotence, and the real DICOM series whose label is stored y-flipped (../shared/data/real_ct).
+The converters write into this module's own nnU-Net folders (``private_nnunet_dirs``): their many dataset ids cannot
+clash with other modules'."""
 import json
 import os
 from pathlib import Path
@@ -88,11 +90,11 @@ def nih_source(tmp_path_factory):
     return root, dicom, labels
 
 
-def test_nih_converts_flipped_labels_onto_series_keeps_hu_and_writes_paper_splits(nnunet_dirs, nih_source):
+def test_nih_converts_flipped_labels_onto_series_keeps_hu_and_writes_paper_splits(private_nnunet_dirs, nih_source):
     root, dicom, labels = nih_source
     converter = NIHPancreasConverter(str(root), str(labels), paper_splits=True)
     report = run_conversion(converter, 930, num_processes=2)  # through the worker pool
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset930_NIHPancreas"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset930_NIHPancreas"
     assert report.written and report.converted["train"] == ["PANCREAS_0001", "PANCREAS_0002", "PANCREAS_0003"]
     assert any("PANCREAS_0025" in n and "no longer serves" in n for n in report.notes) and not report.problems
     for n in (1, 2, 3):
@@ -109,12 +111,12 @@ def test_nih_converts_flipped_labels_onto_series_keeps_hu_and_writes_paper_split
     assert sorted(sum((s["val"] for s in splits), [])) == report.converted["train"]
     for s in splits:
         assert sorted(s["train"] + s["val"]) == report.converted["train"]
-    assert _no_leftovers(nnunet_dirs["nnUNet_raw"])
+    assert _no_leftovers(private_nnunet_dirs["nnUNet_raw"])
 
 
-def test_rerun_is_idempotent_and_existing_target_needs_overwrite(nnunet_dirs, nih_source):
+def test_rerun_is_idempotent_and_existing_target_needs_overwrite(private_nnunet_dirs, nih_source):
     root, dicom, labels = nih_source
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset931_NIHPancreas"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset931_NIHPancreas"
     run_conversion(NIHPancreasConverter(str(root), str(labels)), 931, num_processes=1)
     stamp = (target / "imagesTr" / "PANCREAS_0001_0000.nii.gz").stat().st_mtime_ns
     again = run_conversion(NIHPancreasConverter(str(root), str(labels)), 931, num_processes=1)
@@ -130,7 +132,7 @@ def test_rerun_is_idempotent_and_existing_target_needs_overwrite(nnunet_dirs, ni
                                                                         for n in (1, 2, 3)]
     with pytest.raises(ConversionError, match="already used"):  # same id, other dataset name
         run_conversion(LiTSConverter(str(root)), 931, num_processes=1)
-    assert _no_leftovers(nnunet_dirs["nnUNet_raw"])
+    assert _no_leftovers(private_nnunet_dirs["nnUNet_raw"])
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +161,9 @@ EXPECTED_PROBLEMS = {"PANCREAS_0003": "image without label", "PANCREAS_0004": "l
                      "PANCREAS_0007": "different physical regions", "PANCREAS_0008": "size differs"}
 
 
-def test_bad_cases_stop_before_writing_and_skip_bad_converts_the_rest(nnunet_dirs, nih_bad_source):
+def test_bad_cases_stop_before_writing_and_skip_bad_converts_the_rest(private_nnunet_dirs, nih_bad_source):
     root, dicom, labels = nih_bad_source
-    raw = nnunet_dirs["nnUNet_raw"]
+    raw = private_nnunet_dirs["nnUNet_raw"]
     with pytest.raises(BadCasesError) as err:
         run_conversion(NIHPancreasConverter(str(root), str(labels)), 932, num_processes=1)
     problems = {p.identifier: p.reason for p in err.value.report.problems}
@@ -183,7 +185,7 @@ def test_bad_cases_stop_before_writing_and_skip_bad_converts_the_rest(nnunet_dir
     assert "Skipped cases (6)" in report.format()
 
 
-def test_nih_cli_exit_codes(nnunet_dirs, nih_source, nih_bad_source, capsys):
+def test_nih_cli_exit_codes(private_nnunet_dirs, nih_source, nih_bad_source, capsys):
     root, dicom, labels = nih_source
     args = ["-i", str(root), "--labels", str(labels), "-d", "933", "-np", "1"]
     assert nih_main(args) == 0
@@ -221,10 +223,10 @@ def real_nih_layout(shared_data, tmp_path_factory):
     return root, binary
 
 
-def test_real_series_label_overlays_image(nnunet_dirs, shared_data, real_nih_layout):
+def test_real_series_label_overlays_image(private_nnunet_dirs, shared_data, real_nih_layout):
     root, binary = real_nih_layout
     report = run_conversion(NIHPancreasConverter(str(root), str(root / "labels")), 935, num_processes=1)
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset935_NIHPancreas"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset935_NIHPancreas"
     assert report.converted["train"] == ["PANCREAS_0001"]
     image = sitk.ReadImage(str(target / "imagesTr" / "PANCREAS_0001_0000.nii.gz"))
     label = sitk.ReadImage(str(target / "labelsTr" / "PANCREAS_0001.nii.gz"))
@@ -243,7 +245,7 @@ def test_real_series_label_overlays_image(nnunet_dirs, shared_data, real_nih_lay
     assert (sitk.GetArrayFromImage(binary) != converted).sum() > 1000
 
 
-def test_real_series_refuses_label_from_other_space(nnunet_dirs, real_nih_layout, tmp_path):
+def test_real_series_refuses_label_from_other_space(private_nnunet_dirs, real_nih_layout, tmp_path):
     root, binary = real_nih_layout
     moved = sitk.Image(binary)
     moved.SetOrigin(np.add(binary.GetOrigin(), (0, 0, 10.0)).tolist())
@@ -257,7 +259,7 @@ def test_real_series_refuses_label_from_other_space(nnunet_dirs, real_nih_layout
 
 
 # ------------------------------------------------------------------ LiTS
-def test_lits_tumour_only_and_paper_split(nnunet_dirs, tmp_path):
+def test_lits_tumour_only_and_paper_split(private_nnunet_dirs, tmp_path):
     synthetic.make_lits(tmp_path, case_numbers=(0, 1, 2, 3))
     (tmp_path / "Training Batch 1" / "volume-9.nii").write_bytes(
         (tmp_path / "Training Batch 1" / "volume-0.nii").read_bytes())  # image without label
@@ -265,7 +267,7 @@ def test_lits_tumour_only_and_paper_split(nnunet_dirs, tmp_path):
         run_conversion(LiTSConverter(str(tmp_path)), 937, num_processes=1)
     report = run_conversion(LiTSConverter(str(tmp_path), tumor_only=True, paper_split=True, num_test_cases=2),
                             937, skip_bad=True, num_processes=1)
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset937_LiTSTumour"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset937_LiTSTumour"
     assert len(report.converted["train"]) + len(report.converted["test"]) == 4
     assert sorted(report.converted["train"] + report.converted["test"]) == [f"LiTS_{i:03d}" for i in range(4)]
     assert json.loads((target / "dataset.json").read_text())["labels"] == {"background": 0, "tumour": 1}
@@ -277,11 +279,11 @@ def test_lits_tumour_only_and_paper_split(nnunet_dirs, tmp_path):
     assert len(list((target / "imagesTr").iterdir())) == len(report.converted["train"])
 
 
-def test_lits_full_labels_and_bad_label_values(nnunet_dirs, tmp_path):
+def test_lits_full_labels_and_bad_label_values(private_nnunet_dirs, tmp_path):
     synthetic.make_lits(tmp_path, case_numbers=(0, 1))
     seg = sitk.ReadImage(str(tmp_path / "Training Batch 1" / "segmentation-1.nii"))
     sitk.WriteImage(seg * 3, str(tmp_path / "Training Batch 1" / "segmentation-1.nii"))  # values 0, 3, 6
-    raw = nnunet_dirs["nnUNet_raw"]
+    raw = private_nnunet_dirs["nnUNet_raw"]
     with pytest.raises(BadCasesError, match="LiTS_001: label values"):  # found while writing: all rolled back
         run_conversion(LiTSConverter(str(tmp_path)), 938, num_processes=1)
     assert not list(raw.glob("Dataset938_*")) and _no_leftovers(raw)
@@ -290,16 +292,16 @@ def test_lits_full_labels_and_bad_label_values(nnunet_dirs, tmp_path):
     report = run_conversion(LiTSConverter(str(tmp_path)), 938, skip_bad=True, num_processes=1)
     assert report.converted["train"] == ["LiTS_000"]
     assert "label values [3, 6] are not among the expected [0, 1, 2]" in report.problems[0].reason
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset938_LiTS"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset938_LiTS"
     np.testing.assert_array_equal(_array(target / "labelsTr" / "LiTS_000.nii.gz"),
                                   synthetic.phantom((12, 40, 40), 2, 0)[1])
 
 
 # ------------------------------------------------------------------ MSD
-def test_msd_brain_tumour_all_channels_and_edema_setting(nnunet_dirs, tmp_path):
+def test_msd_brain_tumour_all_channels_and_edema_setting(private_nnunet_dirs, tmp_path):
     task = synthetic.make_msd(tmp_path, "Task01_BrainTumour", case_numbers=(1, 2, 3), test_numbers=(4,))
     report = run_conversion(MSDConverter(str(task)), 939, num_processes=1)
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset939_BrainTumour"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset939_BrainTumour"
     assert report.converted["test"] == ["BRATS_004"]
     assert len(list((target / "imagesTr").iterdir())) == 12 and len(list((target / "imagesTs").iterdir())) == 4
     dataset_json = json.loads((target / "dataset.json").read_text())
@@ -309,7 +311,7 @@ def test_msd_brain_tumour_all_channels_and_edema_setting(nnunet_dirs, tmp_path):
 
     report = run_conversion(MSDConverter(str(task), brats_edema_t1gd=True, paper_split=True, num_test_cases=1),
                             940, num_processes=1)
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset940_BrainTumourEdemaT1Gd"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset940_BrainTumourEdemaT1Gd"
     assert len(report.converted["train"]) == 2 and len(report.converted["test"]) == 1  # MSD imagesTs left out
     dataset_json = json.loads((target / "dataset.json").read_text())
     assert dataset_json["channel_names"] == {"0": "t1gd"}
@@ -322,11 +324,11 @@ def test_msd_brain_tumour_all_channels_and_edema_setting(nnunet_dirs, tmp_path):
                                                                         for c in report.converted["train"]]
 
 
-def test_msd_ct_tasks_and_wrong_options(nnunet_dirs, tmp_path):
+def test_msd_ct_tasks_and_wrong_options(private_nnunet_dirs, tmp_path):
     for i, task in enumerate(("Task03_Liver", "Task07_Pancreas", "Task09_Spleen")):
         folder = synthetic.make_msd(tmp_path, task, case_numbers=(1, 2), test_numbers=())
         report = run_conversion(MSDConverter(str(folder)), 941 + i, num_processes=1)
-        target = nnunet_dirs["nnUNet_raw"] / f"Dataset{941 + i}_{task.split('_')[1]}"
+        target = private_nnunet_dirs["nnUNet_raw"] / f"Dataset{941 + i}_{task.split('_')[1]}"
         dataset_json = json.loads((target / "dataset.json").read_text())
         assert dataset_json["channel_names"] == {"0": "CT"} and dataset_json["numTraining"] == 2
         prefix = synthetic.MSD_TASKS[task]["prefix"]
@@ -341,10 +343,10 @@ def test_msd_ct_tasks_and_wrong_options(nnunet_dirs, tmp_path):
 
 
 # ------------------------------------------------------------------ FLARE22
-def test_flare22_labelled_unlabelled_and_validation(nnunet_dirs, tmp_path):
+def test_flare22_labelled_unlabelled_and_validation(private_nnunet_dirs, tmp_path):
     synthetic.make_flare22(tmp_path, labeled=(1, 2), unlabeled=(1, 2, 3), validation=(1, 2))
     assert flare22_main(["-i", str(tmp_path), "-d", "944", "-np", "1", "--write-unlabeled"]) == 0
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset944_FLARE22"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset944_FLARE22"
     dataset_json = json.loads((target / "dataset.json").read_text())
     assert len(dataset_json["labels"]) == 14 and dataset_json["labels"]["left kidney"] == 13
     assert dataset_json["numTraining"] == 2
@@ -358,7 +360,7 @@ def test_flare22_labelled_unlabelled_and_validation(nnunet_dirs, tmp_path):
                                   synthetic.phantom((12, 32, 32), 13, 2)[1])
 
     report = run_conversion(FLARE22Converter(str(tmp_path)), 945, num_processes=1)  # list only
-    target = nnunet_dirs["nnUNet_raw"] / "Dataset945_FLARE22"
+    target = private_nnunet_dirs["nnUNet_raw"] / "Dataset945_FLARE22"
     assert not (target / "imagesUnlabeled").exists() and len(report.converted["unlabeled"]) == 3
     entries = json.loads((target / UNLABELED_LIST).read_text())["cases"]
     assert all(e["file"] is None for e in entries.values()) and "FLARE22_Un_00002" in entries

@@ -1,35 +1,32 @@
 """End to end: a converted (synthetic NIH Pancreas-CT) dataset passes nnU-Net's own integrity check and planning,
 and the paper split written into the raw folder reaches nnUNet_preprocessed (about 1 minute on 2 cores)."""
 import json
-import os
-import subprocess
 
 import pytest
+
+from conftest import run_cmd
 
 from nnunetv2_ext.dataset_conversion import synthetic
 from nnunetv2_ext.dataset_conversion.nih_pancreas import main as nih_main
 
 
 @pytest.mark.e2e
-def test_converted_dataset_passes_nnunet_verify_dataset_integrity(nnunet_dirs, tmp_path):
+def test_converted_dataset_passes_nnunet_verify_dataset_integrity(private_nnunet_dirs, tmp_path):
     dicom, labels = synthetic.make_nih_pancreas(tmp_path, case_numbers=(1, 2, 3, 4), shape_zyx=(12, 40, 40),
                                                 withdrawn=(25,))
     assert nih_main(["-i", str(tmp_path), "--labels", str(labels), "-d", "946", "-np", "1", "--paper-splits"]) == 0
-    result = subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", "946", "--verify_dataset_integrity", "--no_pp",
-                             "-npfp", "1", "-c", "3d_fullres"],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, encoding="utf-8",
-                            errors="replace", timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", "946", "--verify_dataset_integrity", "--no_pp", "-npfp", "1",
+             "-c", "3d_fullres"])
     name = "Dataset946_NIHPancreas"
-    raw_splits = json.loads((nnunet_dirs["nnUNet_raw"] / name / "splits_final.json").read_text())
-    preprocessed = nnunet_dirs["nnUNet_preprocessed"] / name
+    raw_splits = json.loads((private_nnunet_dirs["nnUNet_raw"] / name / "splits_final.json").read_text())
+    preprocessed = private_nnunet_dirs["nnUNet_preprocessed"] / name
     assert json.loads((preprocessed / "splits_final.json").read_text()) == raw_splits
     plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
 
 
 @pytest.mark.e2e
-def test_lits_msd_flare22_outputs_pass_nnunet_verify_dataset_integrity(nnunet_dirs, tmp_path, monkeypatch):
+def test_lits_msd_flare22_outputs_pass_nnunet_verify_dataset_integrity(private_nnunet_dirs, tmp_path, monkeypatch):
     """nnU-Net's own integrity check (labels, channels, geometry) on one tiny dataset per converter/setting."""
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 

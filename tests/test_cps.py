@@ -12,6 +12,8 @@ import torch
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from conftest import make_trainer
+
 from nnunetv2_ext.semisupervised.cps import (CPSNetworkPair, CrossPseudoSupervisionLoss, SigmoidRampUp,
                                              log_mean_softmax, split_batch)
 from nnunetv2_ext.semisupervised.cps_networks import PLAIN, RESENC, build_pair_members, partner_architecture
@@ -131,11 +133,10 @@ def test_pair_from_resenc_plans_gets_the_plain_unet():
 
 def test_trainer_refuses_regions(nnunet_dirs):
     from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
-    plans = dict(_plans(2).plans, continue_training=False)
     dataset_json = {"labels": {"background": 0, "whole": [1, 2], "core": 2}, "regions_class_order": [1, 2],
                     "channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 1}
     with pytest.raises(ValueError, match="region"):
-        nnUNetTrainerCPSTiny(plans, "c", 0, dataset_json, torch.device("cpu"))
+        make_trainer(nnUNetTrainerCPSTiny, _plans(2).plans, dataset_json, "c")
 
 
 # ------------------------------------------------------------------------------------------------ declaration

@@ -3,6 +3,8 @@ it never touches a folder it did not create, and reuses its own."""
 import os
 import subprocess
 
+from conftest import run_process
+
 from nnunetv2_ext.demo import MARKER, prepare_work_dir
 
 
@@ -10,7 +12,7 @@ def test_demo_refuses_a_folder_it_did_not_create(tmp_path):
     foreign = tmp_path / "my_data"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    p = subprocess.run(["nnUNetv2_ext_demo", "--work-dir", str(foreign)], capture_output=True, text=True, timeout=120)
+    p = run_process(["nnUNetv2_ext_demo", "--work-dir", foreign], timeout=120, stderr=subprocess.PIPE)
     assert p.returncode == 2 and "was not created by the demo" in p.stderr
     assert sorted(os.listdir(foreign)) == ["precious.txt"] and (foreign / "precious.txt").read_text() == "keep me"
     a_file = tmp_path / "a_file"
@@ -32,7 +34,7 @@ def test_demo_reuses_its_own_folder_and_only_its_own_entries(tmp_path):
 
 
 def test_demo_rejects_bad_options():
-    p = subprocess.run(["nnUNetv2_ext_demo", "-device", "tpu"], capture_output=True, text=True, timeout=120)
+    p = run_process(["nnUNetv2_ext_demo", "-device", "tpu"], timeout=120, stderr=subprocess.PIPE)
     assert p.returncode == 2 and "-device" in p.stderr
-    p = subprocess.run(["nnUNetv2_ext_demo", "--processes", "-1"], capture_output=True, text=True, timeout=120)
+    p = run_process(["nnUNetv2_ext_demo", "--processes", "-1"], timeout=120, stderr=subprocess.PIPE)
     assert p.returncode == 2 and "--processes" in p.stderr

@@ -1,15 +1,13 @@
 """Hard-sample pre-training (issue 11): stratified split, threshold, stage-2 pool, flipped samples, parameters; end to
 end through nnUNetv2_train with 2 workers: the stage switch, what each stage sampled, a kill and --c."""
 import json
-import os
 import signal
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, TEST_ENV, run_cmd
+from conftest import PHANTOM_ID, run_cmd, run_process
 
 from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classify, stage2_pool,
                                                  stratified_split, units_of)
@@ -124,9 +122,8 @@ def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, t
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu"]
     user_env = {"nnUNet_extTrainer": str(user)}
     # killed right after the checkpoint of epoch 2, the first epoch of stage 2 (2 epochs per stage)
-    p = subprocess.run(cmd, env=dict(os.environ, **TEST_ENV, **user_env, KILL_AT_EPOCH="2"),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=600)
-    assert p.returncode == -signal.SIGKILL
+    p = run_process(cmd, env=dict(user_env, KILL_AT_EPOCH="2"))
+    assert p.returncode == -signal.SIGKILL, p.stdout[-3000:]
     before = json.load(open(fold / "hard_pretrain_log.json"))
     assert before["stage1_epochs"] == 2 and before["classification"]["epoch"] == 2
     run_cmd(cmd + ["--c"], env=user_env)
@@ -159,6 +156,7 @@ def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, t
     assert len(list(pred.glob("*.nii.gz"))) == 2
 
 
+@pytest.mark.e2e  # nnUNetv2_train starts on the preprocessed phantom (the check needs its slice table)
 def test_fold_with_a_single_case_is_refused(nnunet_dirs, phantom_2d):
     pre = nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name
     splits_file = pre / "splits_final.json"
@@ -166,15 +164,14 @@ def test_fold_with_a_single_case_is_refused(nnunet_dirs, phantom_2d):
     splits = json.load(open(splits_file)) if existed else []
     try:  # an extra fold with one training case, appended to the session's splits (restored afterwards)
         json.dump(splits + [{"train": ["case_000"], "val": ["case_001"]}], open(splits_file, "w"))
-        p = subprocess.run(["nnUNetv2_train", str(PHANTOM_ID), "2d", str(len(splits)), "-tr",
-                            "nnUNetTrainerHardPretrainTiny", "-device", "cpu"], env=dict(os.environ, **TEST_ENV),
-                           capture_output=True, text=True, timeout=600)
+        p = run_process(["nnUNetv2_train", PHANTOM_ID, "2d", len(splits), "-tr", "nnUNetTrainerHardPretrainTiny",
+                         "-device", "cpu"])
     finally:
         if existed:
             json.dump(splits, open(splits_file, "w"))
         else:
             splits_file.unlink()
-    assert p.returncode != 0 and "at least 2 training cases" in p.stdout + p.stderr
+    assert p.returncode != 0 and "at least 2 training cases" in p.stdout
     fold = nnunet_dirs["nnUNet_results"] / phantom_2d.name / "nnUNetTrainerHardPretrainTiny__nnUNetPlans__2d" / \
         f"fold_{len(splits)}"
     assert not (fold / "checkpoint_latest.pth").exists()

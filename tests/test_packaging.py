@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_process
 
 
 # ------------------------------------------------------------------------------------------------- discovery, wheel
@@ -23,19 +23,17 @@ def test_trainers_found_by_name_without_setting_anything(tmp_path):
             "'nnUNetTrainerPNSSHESS_a01_b9'):\n"
             "    assert f(n) is getattr(t, n), n\n"
             "import os; print(os.environ['nnUNet_extTrainer'])")
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = run_process([sys.executable, "-c", code], env={"nnUNet_extTrainer": None}, stderr=subprocess.PIPE)
     assert out.returncode == 0, out.stderr[-3000:]
     # a folder the user set keeps its place, ours is appended
-    env["nnUNet_extTrainer"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = run_process([sys.executable, "-c", code], env={"nnUNet_extTrainer": tmp_path}, stderr=subprocess.PIPE)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1].split(os.pathsep)[0] == str(tmp_path)
 
 
 def test_wheel_carries_the_startup_hook(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                          str(tmp_path), str(REPO_ROOT)], capture_output=True, text=True)
+    out = run_process([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                       tmp_path, REPO_ROOT], timeout=300, stderr=subprocess.PIPE)
     assert out.returncode == 0, out.stderr[-3000:]
     wheel = next(tmp_path.glob("nnunetv2_ext-*.whl"))
     with zipfile.ZipFile(wheel) as z:

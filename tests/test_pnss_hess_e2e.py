@@ -11,13 +11,12 @@
 import json
 import os
 import signal
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, TEST_ENV, run_cmd
+from conftest import PHANTOM_ID, make_trainer, plan_and_preprocess, run_cmd, run_process
 
 from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
 from nnunetv2_ext.sampling.slice_table import SliceTable
@@ -112,9 +111,8 @@ def test_pnsshess_2d_paper_epochs_kill_resume_find_best_ensemble_predict(phantom
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu", "--npz"]
 
     # 1) train; the trainer kills itself between the sampling state and nnU-Net's checkpoint at the end of epoch 1
-    p = subprocess.run(cmd, env=dict(os.environ, **TEST_ENV, **user_env, KILL_AT_EPOCH="1"),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, timeout=600)
-    assert p.returncode == -signal.SIGKILL
+    p = run_process(cmd, env=dict(user_env, KILL_AT_EPOCH="1"))
+    assert p.returncode == -signal.SIGKILL, p.stdout[-3000:]
     before = json.load(open(fold / "sampling_log.json"))
     ckpt = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
     assert ckpt["current_epoch"] == 1 and len(before) == 1  # nnU-Net's checkpoint is still the one of epoch 0
@@ -170,7 +168,7 @@ def test_pnss_3d_fullres_regions_and_ignore_label(nnunet_dirs, tmp_path):
     raw = write_phantom_dataset(did, PhantomConfig(num_cases=6, num_test=1, shape=(20, 40, 40), lesions=True,
                                                    regions=True, ignore_label=True, dataset_name="PhantomRegions"),
                                 str(nnunet_dirs["nnUNet_raw"]))
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "3d_fullres", "-np", "1"])
+    plan_and_preprocess(did, ["3d_fullres"])
     run_cmd(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", T.__name__, "-device", "cpu"])
     name = "Dataset902_PhantomRegions"
     fold = nnunet_dirs["nnUNet_results"] / name / f"{T.__name__}__nnUNetPlans__3d_fullres" / "fold_0"
@@ -206,7 +204,7 @@ def test_hess_on_real_ct_pancreas(nnunet_dirs, shared_data, tmp_path):
         sitk.WriteImage(im, str(raw / "imagesTr" / f"ct_{i:03d}_0000.nii.gz"))
         sitk.WriteImage(lab, str(raw / "labelsTr" / f"ct_{i:03d}.nii.gz"))
     generate_dataset_json(str(raw), {0: "CT"}, {"background": 0, "pancreas": 1}, 2, ".nii.gz")
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "2d", "-np", "1"])
+    plan_and_preprocess(did, ["2d"])
     run_cmd(["nnUNetv2_train", did, "2d", "all", "-tr", T.__name__, "-device", "cpu"])
     fold = nnunet_dirs["nnUNet_results"] / raw.name / f"{T.__name__}__nnUNetPlans__2d" / "fold_all"
     log = json.load(open(fold / "sampling_log.json"))
@@ -224,20 +222,19 @@ def test_hess_on_real_ct_pancreas(nnunet_dirs, shared_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- bad input
-def test_bad_parameters_fail_before_training(phantom_2d):
+def test_bad_parameters_fail_before_training(phantom_2d_plans):
     from nnunetv2_ext.sampling.parameters import SamplingParameters
     from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESS
-    plans = json.load(open(os.path.join(os.environ["nnUNet_preprocessed"], phantom_2d.name, "nnUNetPlans.json")))
-    dataset_json = json.load(open(phantom_2d / "dataset.json"))
     for attrs, message in (({"sampling": {"alpha": 0.1}}, "must be a SamplingParameters"),
                            ({"pnss_alpha": 0.1}, r"pnss_alpha.*no longer read.*SamplingParameters")):
         bad = type("nnUNetTrainerBad", (nnUNetTrainerPNSSHESS,), attrs)
         with pytest.raises(ValueError, match=message):
-            bad(dict(plans, continue_training=False), "2d", 0, dataset_json, torch.device("cpu"))
+            make_trainer(bad, phantom_2d_plans.plans, phantom_2d_plans.dataset_json)
     with pytest.raises(ValueError, match="epoch_unit"):  # a bad value fails where the trainer class is written
         type("nnUNetTrainerBad", (nnUNetTrainerPNSSHESS,), {"sampling": SamplingParameters(epoch_unit="weeks")})
 
 
+@pytest.mark.e2e
 def test_fold_without_foreground_is_refused(nnunet_dirs):
     """PNSS with r reaching 0 on training cases without any foreground would train on nothing: refuse before
     training. (nnU-Net itself refuses to plan a dataset without any foreground, so the empty cases are one fold's
@@ -257,12 +254,11 @@ def test_fold_without_foreground_is_refused(nnunet_dirs):
                         str(raw / "imagesTr" / f"e_{i}_0000.nii.gz"))
         sitk.WriteImage(sitk.GetImageFromArray(lab), str(raw / "labelsTr" / f"e_{i}.nii.gz"))
     generate_dataset_json(str(raw), {0: "CT"}, {"background": 0, "organ": 1}, 3, ".nii.gz")
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", did, "-c", "2d", "-np", "1"])
+    plan_and_preprocess(did, ["2d"])
     with open(nnunet_dirs["nnUNet_preprocessed"] / raw.name / "splits_final.json", "w") as f:
         json.dump([{"train": ["e_1", "e_2"], "val": ["e_0"]}], f)
-    p = subprocess.run(["nnUNetv2_train", str(did), "2d", "0", "-tr", "nnUNetTrainerPNSSTiny", "-device", "cpu"],
-                       env=dict(os.environ, **TEST_ENV), capture_output=True, text=True, timeout=600)
+    p = run_process(["nnUNetv2_train", did, "2d", "0", "-tr", "nnUNetTrainerPNSSTiny", "-device", "cpu"])
     assert p.returncode != 0
-    assert "PNSS would select no slice" in p.stderr + p.stdout and "fold 0" in p.stderr + p.stdout
+    assert "PNSS would select no slice" in p.stdout and "fold 0" in p.stdout
     fold = nnunet_dirs["nnUNet_results"] / raw.name / "nnUNetTrainerPNSSTiny__nnUNetPlans__2d" / "fold_0"
     assert not (fold / "checkpoint_final.pth").exists() and not (fold / "sampling_log.json").exists()

@@ -20,6 +20,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _r_schedule(samples_per_epoch):
+    """r per epoch of 8 epochs over 40 slices (25 + 15) with alpha 0.5, beta 1."""
+    slices = SliceTable(["a", "b"], [25, 15], [10, 3], [5, 4])
+    return build_epoch_plan(SamplingParameters(alpha=0.5, beta=1), 8, samples_per_epoch,
+                            lambda x: int(slices.selected_mask(x).sum())).r.tolist()
+
+
 def _rank_main(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -34,9 +41,7 @@ def _rank_main(rank, world, port, out_dir):
         sizes = gather_batch_sizes(3 if rank == 0 else 2)  # nnU-Net may give ranks different batch sizes
         plan = mini_epoch_plan(hard.hard_units, 3, 12345, sum(sizes), max_iterations=10)
         # the paper's epochs depend on the *global* batch: every rank derives the same r per epoch from it
-        slices = SliceTable(["a", "b"], [25, 15], [10, 3], [5, 4])
-        r = build_epoch_plan(SamplingParameters(alpha=0.5, beta=1), 8, 10 * sum(sizes),
-                             lambda x: int(slices.selected_mask(x).sum())).r.tolist()
+        r = _r_schedule(10 * sum(sizes))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"own_units": units.tolist(), "dsc": np.nan_to_num(table.dsc, nan=-1).tolist(),
                        "hard": hard.hard_units.tolist(), "plan": plan.tolist(), "sizes": sizes,
@@ -56,6 +61,8 @@ def test_two_ranks_share_hardness_hard_set_and_plan(tmp_path):
     assert r0["plan"] == r1["plan"]
     # global batch 5 x 10 iterations = 50 samples per epoch: 1.25 passes over the 40 slices at r = 1, then 2 over 25
     assert r0["r"] == r1["r"] == [1, 0.5, 0, 0, 0, 0, 0, 0]
+    # not a constant: a rank's own batch alone gives another schedule (the sizes must really be exchanged)
+    assert _r_schedule(10 * 3) != r0["r"] and _r_schedule(10 * 2) != r0["r"]
     assert r0["sizes"] == r1["sizes"] == [3, 2]
     # per iteration the two ranks' columns are disjoint and together make the global batch
     for it, row in enumerate(r0["plan"]):

@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cmd
+from conftest import make_trainer, plan_and_preprocess, run_cmd
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ def semi_phantom(nnunet_dirs):
     from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
     raw = pathlib.Path(write_semisupervised_phantom(LABELLED_ID, 6, 6, 2, str(nnunet_dirs["nnUNet_raw"]),
                                                     shape=(24, 48, 48)))
-    run_cmd(["nnUNetv2_plan_and_preprocess", "-d", LABELLED_ID, "-c", "2d", "-np", "1"])
+    plan_and_preprocess(LABELLED_ID, ["2d"])
     return raw
 
 
@@ -221,9 +221,8 @@ def test_cps_refuses_a_dataset_without_unlabelled_cases(semi_phantom, nnunet_dir
         if src.exists():
             os.rename(src, dst)
     try:
-        plans["continue_training"] = False
         with pytest.raises(ValueError, match="no unlabelled cases.*imagesUnlabeled"):
-            nnUNetTrainerCPSTiny(plans, "2d", 3, dataset_json, torch.device("cpu"))
+            make_trainer(nnUNetTrainerCPSTiny, plans, dataset_json, "2d", 3)
         assert not list(nnunet_dirs["nnUNet_results"].glob("*/nnUNetTrainerCPSTiny__*/fold_3"))  # nothing written
     finally:
         for src, dst in hidden:
