@@ -21,10 +21,11 @@ Markers: a test that trains, preprocesses or runs nnU-Net commands for more than
 Timeouts, the rule: pytest-timeout (``timeout`` in pytest.ini, or ``@pytest.mark.timeout(n)``) is the limit for a
 whole test, the set-up of the fixtures it is the first to use included. A command's own timeout (``run_cmd`` /
 ``run_process``, ``CMD_TIMEOUT`` unless a call says otherwise) is a budget for that one command, and it is always cut
-to end ``CMD_TIMEOUT_MARGIN`` seconds before pytest's limit for the running test. So a hung command is always killed
-by ``run_cmd`` first, with its process group, and the failure shows the end of its output (pytest's own timeout would
-show only a stack dump of the test process). Keep per-call timeouts for what one command may reasonably take on a
-loaded 2-core machine; raise pytest's limit (marker) only for a test that needs more than ``timeout`` in total.
+to end ``CMD_TIMEOUT_MARGIN`` seconds (at most a tenth of the limit) before pytest's limit for the running test. So
+a hung command is always killed by ``run_cmd`` first, with its process group, and the failure shows the end of its
+output (pytest's own timeout would show only a stack dump of the test process). Keep per-call timeouts for what one
+command may reasonably take on a loaded 2-core machine; raise pytest's limit (marker) only for a test that needs more
+than ``timeout`` in total.
 """
 import json
 import os
@@ -44,32 +45,32 @@ TEST_ENV = {"nnUNet_n_proc_DA": "2", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS"
 
 #: default budget of one command (seconds); per-call values may differ, see the module docstring
 CMD_TIMEOUT = 900
-#: a command's timeout ends at least this long before pytest's timeout of the running test
+#: a command's timeout ends this long (at most a tenth of pytest's limit) before pytest's timeout of the running test
 CMD_TIMEOUT_MARGIN = 30
 
 # ------------------------------------------------------------------------------------------------- timeouts
-_test_deadline = None  # time.monotonic() at which pytest-timeout fails the running test (None: no limit)
+_command_deadline = None  # time.monotonic() by which the running test's commands must end (None: no limit)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
-    """pytest-timeout starts its timer for a test (set-up included): remember when it fires. Returns None, so that
-    pytest-timeout's own implementation still sets the timer."""
-    global _test_deadline
-    _test_deadline = time.monotonic() + settings.timeout
+    """pytest-timeout starts its timer for a test (set-up included): commands must end CMD_TIMEOUT_MARGIN s (at most a
+    tenth of the limit) before it fires. Returns None, so that pytest-timeout's own implementation still runs."""
+    global _command_deadline
+    _command_deadline = time.monotonic() + settings.timeout - min(CMD_TIMEOUT_MARGIN, 0.1 * settings.timeout)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_timeout_cancel_timer(item):
-    global _test_deadline
-    _test_deadline = None
+    global _command_deadline
+    _command_deadline = None
 
 
 def command_timeout(timeout: float) -> float:
-    """``timeout``, cut so that it expires ``CMD_TIMEOUT_MARGIN`` s before pytest's timeout of the running test."""
-    if _test_deadline is None:
+    """``timeout``, cut so that it expires before pytest's timeout of the running test (see the module docstring)."""
+    if _command_deadline is None:
         return timeout
-    return max(1.0, min(timeout, _test_deadline - time.monotonic() - CMD_TIMEOUT_MARGIN))
+    return max(1.0, min(timeout, _command_deadline - time.monotonic()))
 
 
 # ------------------------------------------------------------------------------------------------- commands
