@@ -8,7 +8,8 @@
   group with ``TEST_ENV`` (augmentation workers ON, as in real training; one thread per process) and kill the whole
   group on a timeout (nnU-Net's augmentation workers included).
 * Trainers: ``make_trainer`` builds a trainer exactly as ``nnUNetv2_train`` does (on the CPU, nothing trained), for
-  the checks that must fire before training.
+  the checks that must fire before training; ``user_trainers`` puts a test's own trainer subclass where nnU-Net's
+  commands find it by name.
 * Datasets, one session fixture per phantom, shared by all modules (never generate and preprocess the same phantom
   twice): ``phantom_2d_plans`` / ``phantom_2d`` (+ ``phantom_2d_loading``) and ``lesion_phantom_plans`` /
   ``lesion_phantom``. The ``*_plans`` fixtures run only nnU-Net's fingerprint extraction and planning (a few seconds):
@@ -129,6 +130,16 @@ def make_trainer(trainer_class, plans, dataset_json, configuration="2d", fold=0)
     plans = _json(plans)
     plans["continue_training"] = False  # nnUNetv2_train (2.8) sets this key before creating the trainer
     return trainer_class(plans, configuration, fold, _json(dataset_json), torch.device("cpu"))
+
+
+def user_trainers(folder, code: str, module: str = "user_trainers") -> dict:
+    """Writes a user's own trainer module (``code``) into ``folder`` and returns the environment (for ``run_cmd``) in
+    which nnU-Net finds it by name, as it finds a user's subclass: ``nnUNet_extTrainer`` = that folder (the package's
+    start-up hook appends its own trainer folder in every process, keeping the user's)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(code, encoding="utf-8")
+    return {"nnUNet_extTrainer": str(folder)}
 
 
 # ------------------------------------------------------------------------------------------------- folders

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PHANTOM_ID, run_cmd
+from conftest import PHANTOM_ID, run_cmd, user_trainers
 
 pytestmark = pytest.mark.e2e
 
@@ -68,11 +68,7 @@ def c2f_run(phantom_2d, nnunet_dirs, tmp_path_factory):
 def mln_resumed_run(c2f_run, nnunet_dirs, tmp_path_factory):
     """Fold 1 of the MLN variant, interrupted after epoch 2 (its checkpoint_latest.pth), then ``nnUNetv2_train --c``
     (the trainer found through nnUNet_extTrainer, as a user's own subclass would be)."""
-    import os
-    from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
-    trainers = tmp_path_factory.mktemp("c2f_trainers")
-    (trainers / "c2f_resume_test.py").write_text(RESUME_TRAINER_CODE, encoding="utf-8")
-    env = {"nnUNet_extTrainer": os.pathsep.join([str(trainers), TRAINER_SEARCH_FOLDER])}
+    env = user_trainers(tmp_path_factory.mktemp("c2f_trainers"), RESUME_TRAINER_CODE, "c2f_resume_test")
     train = ["nnUNetv2_train", C2F_ID, "2d", "1", "-tr", RESUME_TRAINER, "-device", "cpu"]
     first = run_cmd(train, timeout=900, env=dict(env, C2F_TEST_STOP_AFTER_EPOCH="2"))
     fold = _fold_dir(nnunet_dirs, RESUME_TRAINER, 1)

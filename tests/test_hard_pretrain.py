@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, run_cmd, run_process
+from conftest import PHANTOM_ID, run_cmd, run_process, user_trainers
 
 from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classify, stage2_pool,
                                                  stratified_split, units_of)
@@ -114,13 +114,10 @@ class nnUNetTrainerHardPretrainTinyKilled(nnUNetTrainerHardPretrainTiny):
 @pytest.mark.e2e
 def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, tmp_path):
     from nnunetv2_ext.trainers import nnUNetTrainerHardPretrainTiny as T
-    user = tmp_path / "user_trainers"
-    user.mkdir()
-    (user / "killed.py").write_text(KILLING_TRAINER)
+    user_env = user_trainers(tmp_path / "user_trainers", KILLING_TRAINER, "killed")
     name = "nnUNetTrainerHardPretrainTinyKilled"
     fold = nnunet_dirs["nnUNet_results"] / phantom_2d.name / f"{name}__nnUNetPlans__2d" / "fold_0"
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu"]
-    user_env = {"nnUNet_extTrainer": str(user)}
     # killed right after the checkpoint of epoch 2, the first epoch of stage 2 (2 epochs per stage)
     p = run_process(cmd, env=dict(user_env, KILL_AT_EPOCH="2"))
     assert p.returncode == -signal.SIGKILL, p.stdout[-3000:]

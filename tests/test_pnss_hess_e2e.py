@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, make_trainer, plan_and_preprocess, run_cmd, run_process
+from conftest import PHANTOM_ID, make_trainer, plan_and_preprocess, run_cmd, run_process, user_trainers
 
 from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
 from nnunetv2_ext.sampling.slice_table import SliceTable
@@ -101,13 +101,10 @@ class nnUNetTrainerPNSSHESSPassTinyInjected(nnUNetTrainerPNSSHESSPassTiny):
 @pytest.mark.e2e
 def test_pnsshess_2d_paper_epochs_kill_resume_find_best_ensemble_predict(phantom_2d, nnunet_dirs, tmp_path):
     from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSPassTiny as T
-    user_trainers = tmp_path / "user_trainers"
-    user_trainers.mkdir()
-    (user_trainers / "injected.py").write_text(INJECTED_SCORES_TRAINER)
+    user_env = user_trainers(tmp_path / "user_trainers", INJECTED_SCORES_TRAINER, "injected")
     name = "nnUNetTrainerPNSSHESSPassTinyInjected"
     results = nnunet_dirs["nnUNet_results"] / phantom_2d.name
     fold = results / f"{name}__nnUNetPlans__2d" / "fold_0"
-    user_env = {"nnUNet_extTrainer": str(user_trainers)}
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu", "--npz"]
 
     # 1) train; the trainer kills itself between the sampling state and nnU-Net's checkpoint at the end of epoch 1

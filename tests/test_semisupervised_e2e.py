@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_trainer, plan_and_preprocess, run_cmd
+from conftest import make_trainer, plan_and_preprocess, run_cmd, user_trainers
 
 pytestmark = pytest.mark.e2e
 
@@ -60,10 +60,7 @@ class nnUNetTrainerCPSTinyCrash(nnUNetTrainerCPSTiny):
 @pytest.fixture(scope="module")
 def trainer_env(tmp_path_factory):
     """nnUNet_extTrainer with the test trainers, for the subprocesses (self-training passes it on)."""
-    from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
-    folder = tmp_path_factory.mktemp("semi_trainers")
-    (folder / "semi_test_trainers.py").write_text(TEST_TRAINERS)
-    return {"nnUNet_extTrainer": os.pathsep.join([str(folder), TRAINER_SEARCH_FOLDER])}
+    return user_trainers(tmp_path_factory.mktemp("semi_trainers"), TEST_TRAINERS, "semi_test_trainers")
 
 
 @pytest.fixture(scope="module")
