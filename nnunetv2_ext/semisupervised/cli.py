@@ -44,7 +44,7 @@ def pseudolabel_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--copy", action="store_true", help="copy files into the new dataset instead of hard links")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     try:
         result = run_pseudolabel(a.pred_folders, a.output, a.level, a.dataset_json, a.file_ending, a.probabilities,

@@ -403,7 +403,7 @@ def main_args(argv=None):
                    help="trainers of the M models (M = trainers x folds)")
     p.add_argument("--final-folds", nargs="+", default=None,
                    help="folds of the models trained on the last dataset (default: --folds)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("--images", default=None, help="unlabelled images (nnU-Net naming CASE_0000.ext); default: "
                                                   "the labelled dataset's imagesUnlabeled")
     sel = p.add_mutually_exclusive_group(required=True)
