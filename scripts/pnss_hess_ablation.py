@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--processes", type=int, default=2, help="augmentation workers (nnUNet_n_proc_DA)")
     p.add_argument("--num-cases", type=int, default=24, help="phantom training cases")
     p.add_argument("--num-test", type=int, default=12, help="phantom held-out cases")
+    p.add_argument("--skip", nargs="+", default=[], help="trainers of the set not to run (named in the report)")
     a = p.parse_args(argv)
     work = os.path.abspath(a.work_dir)
     trainers_dir = os.path.join(work, "trainers")
@@ -89,6 +90,10 @@ def main(argv=None) -> None:
         names = MAIN
     else:
         names = (MAIN if a.set == "all" else MAIN[:1] + MAIN[3:4]) + list(DESIGN) + ["AblPaper"]
+    unknown = sorted(set(a.skip) - set(names))
+    if unknown:
+        p.error(f"--skip: {unknown} not in the set {a.set!r} ({names})")
+    names = [t for t in names if t not in a.skip]
     timing_file = os.path.join(work, "wall_times.json")
     wall = json.load(open(timing_file)) if os.path.isfile(timing_file) else {}
     folds = [str(f) for f in a.folds]
@@ -120,6 +125,8 @@ def main(argv=None) -> None:
              f"{DATASET} ({a.num_cases} training, {n_test} held-out cases); each fold's model predicts every held-out "
              f"case: n = {len(folds) * n_test} paired observations. Budget of every trainer: 12 epochs x 40 iterations, "
              f"batch 12. Wall time = training + prediction over {len(folds)} folds, 2-core CPU.\n"]
+    if a.skip:
+        parts.append(f"Not run in this invocation (`--skip`): {', '.join(a.skip)}.\n")
     ref = flatten({k: os.path.join(raw, "labelsTs") for k in keys}, os.path.join(work, "flat", "ref"))
     for kind, title in (("raw", "Raw predictions (what nnUNetv2_predict returns)"),
                         ("pp", "After nnU-Net's postprocessing (find_best_configuration, apply_postprocessing)")):
