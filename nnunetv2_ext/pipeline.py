@@ -22,13 +22,15 @@ STREAMED = re.compile(r"(: Epoch \d+$|Pseudo dice|Epoch time|PNSS/HESS: r=|Mean 
 
 
 def nnunet_env(work: str, processes: int, extra: Optional[dict] = None) -> Dict[str, str]:
-    """nnU-Net's three folders inside ``work`` (created), workers, and this interpreter's commands on PATH."""
+    """nnU-Net's three folders inside ``work`` (created), workers, and this interpreter's commands on PATH; ``extra``
+    is applied last (it may override any of these)."""
     dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-    return dict(os.environ, **dirs, nnUNet_n_proc_DA=str(processes), nnUNet_def_n_proc=str(processes),
-                PYTHONUTF8="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                **(extra or {}))
+    env = dict(os.environ, **dirs, nnUNet_n_proc_DA=str(processes), nnUNet_def_n_proc=str(processes),
+               PYTHONUTF8="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env.update(extra or {})
+    return env
 
 
 class Pipeline:
@@ -137,8 +139,12 @@ def comparison_markdown(ref: str, folders: Dict[str, str], dataset_json: str, wa
             ci, wci = v["mean_diff_ci95"], v["worst_fraction_mean_diff_ci95"]
             delta = f"{pct(v['mean_diff'])} [{pct(ci[0])}, {pct(ci[1])}]"
             dw = f"{pct(v['worst_fraction_mean_diff'])} [{pct(wci[0])}, {pct(wci[1])}]"
+        prec = r.values("precision")  # undefined (NaN) for an empty prediction: mean over the others, count shown
+        n_empty = int(np.isnan(prec).sum())
+        prec_txt = f"{100 * np.nanmean(prec):.2f}" + (f" ({n_empty} empty)" if n_empty else "") if n_empty < len(prec) \
+            else "– (all empty)"
         rows.append(f"| {n} | {d.mean():.2f} ± {d.std(ddof=1):.2f} [{d.min():.2f}, {d.max():.2f}] | "
-                    f"{100 * dsc['methods'][n]['worst_fraction_mean']:.2f} | {100 * r.values('precision').mean():.2f} | "
+                    f"{100 * dsc['methods'][n]['worst_fraction_mean']:.2f} | {prec_txt} | "
                     f"{100 * r.values('recall').mean():.2f} | {hd_txt} | {np.mean(list(comps.values())):.1f} "
                     f"[{max(comps.values())}] | {delta} | {dw} | {wall_minutes.get(n, float('nan')):.1f} |")
     if hard_cases:

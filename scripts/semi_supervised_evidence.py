@@ -123,22 +123,19 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
 
     from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    from nnunetv2_ext.pipeline import nnunet_env
     from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
 
     t_start = time.time()
     work = os.path.abspath(a.work_dir)
-    env = dict(os.environ)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[k] = os.path.join(work, k)
-        os.makedirs(env[k], exist_ok=True)
-        os.environ[k] = env[k]  # for the in-process steps (phantom, pseudo-label quality)
     trainers = os.path.join(work, "trainers")
+    env = nnunet_env(work, 2, {"nnUNet_extTrainer": os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER])})
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[k] = env[k]  # for the in-process steps (phantom, pseudo-label quality)
     os.makedirs(trainers, exist_ok=True)
     with open(os.path.join(trainers, "evidence_trainers.py"), "w", encoding="utf-8") as f:
         f.write(TRAINERS_TEMPLATE.format(epochs=a.epochs, iterations=a.iterations, batch_size=a.batch_size,
                                          max_features=a.max_features, oversampling=a.oversampling))
-    env["nnUNet_extTrainer"] = os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER])
-    env.setdefault("nnUNet_n_proc_DA", "2")
     log = os.path.join(work, "commands.log")
     did, did1, cfg = str(a.dataset_id), str(a.dataset_id + 1), a.configuration
     common = ["-device", a.device]

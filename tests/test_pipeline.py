@@ -1,0 +1,69 @@
+"""The evidence table of :mod:`nnunetv2_ext.pipeline` (demo and ablation scripts), on hand-made label maps."""
+import json
+import os
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunetv2_ext.pipeline import comparison_markdown, connected_components, flatten, nnunet_env
+
+
+def _write(folder, name, arr):
+    os.makedirs(folder, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.uint8)), os.path.join(folder, f"{name}.nii.gz"))
+
+
+def _cube(lo, hi, shape=(8, 16, 16)):
+    a = np.zeros(shape, np.uint8)
+    a[lo:hi, lo:hi, lo:hi] = 1
+    return a
+
+
+def test_table_counts_empty_predictions_and_components(tmp_path):
+    ref, good, bad = (str(tmp_path / n) for n in ("ref", "good", "bad"))
+    for case in ("a", "b", "c"):
+        _write(ref, case, _cube(2, 6))
+        _write(good, case, _cube(2, 6))
+    two = _cube(2, 6)
+    two[7, 14, 14] = 1  # a far false positive: a second component
+    _write(bad, "a", two)
+    _write(bad, "b", _cube(2, 6))
+    _write(bad, "c", np.zeros((8, 16, 16)))  # empty prediction: precision undefined, DSC 0
+    dj = str(tmp_path / "dataset.json")
+    json.dump({"labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz", "channel_names": {"0": "CT"},
+               "numTraining": 3}, open(dj, "w"))
+
+    assert connected_components(bad) == {"a": 2, "b": 1, "c": 0}
+    flat = {n: flatten({"f0": f}, str(tmp_path / "flat" / n)) for n, f in (("ref", ref), ("plain", good),
+                                                                            ("method", bad))}
+    md = comparison_markdown(flat.pop("ref"), flat, dj, {"plain": 1.0}, {"c": "low_contrast"}, ["f0"],
+                             n_bootstrap=200)
+    rows = {}
+    for line in md.splitlines():  # the main table's rows (the hard-case table repeats the names later)
+        name = line.split("|")[1].strip() if line.startswith("|") else None
+        if name in ("plain", "method") and name not in rows:
+            rows[name] = [c.strip() for c in line.split("|")[2:-1]]
+    plain, method = rows["plain"], rows["method"]
+    assert plain[0].startswith("100.00 ± 0.00 [100.00, 100.00]")
+    assert method[0].startswith("66.") and method[0].endswith("[0.00, 100.00]")
+    # precision: mean over the two non-empty predictions (the one with an extra voxel is < 100), empty one counted
+    assert method[2].endswith("(1 empty)") and 98 < float(method[2].split()[0]) < 100
+    assert plain[5] == "1.0 [1]" and method[5] == "1.0 [2]"  # components per case [max]
+    assert plain[6] == "–" and method[6].startswith("-33.")  # paired Δ DSC vs the first trainer
+    assert plain[8] == "1.0" and method[8] == "nan"  # wall time only where measured
+    assert "| plain | 100.0 |" in md and "| method | 0.0 |" in md  # the hard case, per key
+
+
+def test_flatten_makes_one_observation_per_key_and_case(tmp_path):
+    f0, f1 = str(tmp_path / "f0"), str(tmp_path / "f1")
+    _write(f0, "a", _cube(2, 6))
+    _write(f1, "a", _cube(2, 5))
+    out = flatten({"f0": f0, "f1": f1}, str(tmp_path / "flat"))
+    assert sorted(os.listdir(out)) == ["f0_a.nii.gz", "f1_a.nii.gz"]
+    assert flatten({"f0": f0}, out) == out and os.listdir(out) == ["f0_a.nii.gz"]  # replaced, not merged
+
+
+def test_env_puts_folders_in_work_and_extra_last(tmp_path):
+    env = nnunet_env(str(tmp_path), 2, {"nnUNet_def_n_proc": "1", "X": "y"})
+    assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw") and os.path.isdir(env["nnUNet_results"])
+    assert env["nnUNet_n_proc_DA"] == "2" and env["nnUNet_def_n_proc"] == "1" and env["X"] == "y"
