@@ -115,22 +115,18 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     a = parse_args(argv)
     from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    from nnunetv2_ext.pipeline import nnunet_env
     from nnunetv2_ext.evaluation import compare_folders, format_markdown_table
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
 
     work = os.path.abspath(a.work_dir)
-    env = dict(os.environ)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[k] = os.path.join(work, k)
-        os.makedirs(env[k], exist_ok=True)
     trainers = os.path.join(work, "trainers")
     os.makedirs(trainers, exist_ok=True)
     with open(os.path.join(trainers, "evidence_trainers.py"), "w", encoding="utf-8") as f:
         f.write(TRAINERS_TEMPLATE.format(epochs=a.epochs, iterations=a.iterations, batch_size=a.batch_size,
                                          max_features=a.max_features, oversampling=a.oversampling, seed=a.seed,
                                          separate=a.separate_fraction, joint=a.joint_fraction))
-    env["nnUNet_extTrainer"] = os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER])
-    env.setdefault("nnUNet_n_proc_DA", "2")
+    env = nnunet_env(work, 2, {"nnUNet_extTrainer": os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER])})
     log = os.path.join(work, "commands.log")
     did = str(a.dataset_id)
     methods = [PLAIN, CASCADE] + ([DUAL] if a.dual_branch else [])

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast
@@ -30,10 +31,11 @@ from nnunetv2_ext.sampling.exact_scoring import score_units
 from nnunetv2_ext.sampling.slice_table import SliceTable
 
 
-def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = None):
+def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = None, seed: Optional[int] = None):
     """``setup(dataset_tr)`` runs first (checks before any worker starts); ``make_train_loader(dataset_tr,
     initial_patch_size, patch_size, transforms, **common)`` returns the training data loader. Returns the two
-    augmenters (training, validation), started, as nnU-Net's ``get_dataloaders`` does."""
+    augmenters (training, validation) as nnU-Net's ``get_dataloaders`` builds them; with ``seed``, workers return
+    batches in a fixed order from fixed seeds (``seed + i``; validation ``seed + 100 + i``), for repeatable runs."""
     if trainer.dataset_class is None:
         trainer.dataset_class = infer_dataset_class(trainer.preprocessed_dataset_folder)
     patch_size = trainer.configuration_manager.patch_size
@@ -60,6 +62,10 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     if n_proc == 0:
         return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
     pin = trainer.device.type == "cuda"
+    if seed is not None:
+        n_val = max(1, n_proc // 2)
+        return (MultiThreadedAugmenter(dl_tr, None, n_proc, 2, [seed + i for i in range(n_proc)], pin_memory=pin),
+                MultiThreadedAugmenter(dl_val, None, n_val, 2, [seed + 100 + i for i in range(n_val)], pin_memory=pin))
     mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
                                             pin_memory=pin, wait_time=0.002)
     mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), num_cached=max(3, n_proc // 4),

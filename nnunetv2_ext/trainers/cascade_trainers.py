@@ -24,13 +24,8 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_ext.losses.cascade import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, CascadeTumorLoss,
@@ -38,6 +33,7 @@ from nnunetv2_ext.losses.cascade import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, Cas
                                          stage1_loss)
 from nnunetv2_ext.networks.cascade_tumour import (EMPTY_ORGAN_FALLBACKS, CascadeTumorNet, DualBranchEncoder,
                                                   TumourStageNet, truncate_encoder)
+from nnunetv2_ext.trainers._glue import build_dataloaders
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.two_stage.boxes import boxes_exceeding_patch, check_margin_leaves_room, margin_in_mm
 from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
@@ -254,45 +250,14 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         return _LossOnAuxiliary(self.cascade_loss, self)
 
     def get_dataloaders(self):
-        """nnU-Net's loaders, with foreground patches placed on the whole organ box (OrganCentredDataLoader) and,
-        when ``seed`` is set, workers in a fixed order with fixed seeds."""
-        if self.dataset_class is None:
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        patch_size = self.configuration_manager.patch_size
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        lm = self.label_manager
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation, None, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
-        val_transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
-                                                        foreground_labels=lm.foreground_labels, regions=None,
-                                                        ignore_label=lm.ignore_label)
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
-                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
-        dl_tr = OrganCentredDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
-                                       transforms=tr_transforms, organ_labels=(1, 2), margin=self.crop_margin_voxels,
-                                       **common)
-        dl_val = nnUNetDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm, transforms=val_transforms,
-                                  **common)
-        n_proc = get_allowed_n_proc_DA()
-        pin = self.device.type == "cuda"
-        if n_proc == 0:
-            mt_train, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        elif self.seed is not None:
-            mt_train = MultiThreadedAugmenter(dl_tr, None, n_proc, 2, [self.seed + i for i in range(n_proc)],
-                                              pin_memory=pin)
-            n_val = max(1, n_proc // 2)
-            mt_val = MultiThreadedAugmenter(dl_val, None, n_val, 2, [self.seed + 100 + i for i in range(n_val)],
-                                            pin_memory=pin)
-        else:
-            mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
-                                                    pin_memory=pin, wait_time=0.002)
-            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2),
-                                                  num_cached=max(3, n_proc // 4), seeds=None, pin_memory=pin,
-                                                  wait_time=0.002)
+        """nnU-Net's loaders (the shared :func:`build_dataloaders`), with foreground patches placed on the whole organ
+        box (OrganCentredDataLoader) and, when ``seed`` is set, workers in a fixed order with fixed seeds."""
+        def organ_centred(dataset_tr, initial_patch_size, patch_size, transforms, **common):
+            return OrganCentredDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
+                                          self.label_manager, transforms=transforms, organ_labels=(1, 2),
+                                          margin=self.crop_margin_voxels, **common)
+
+        mt_train, mt_val = build_dataloaders(self, organ_centred, seed=self.seed)
         _ = next(mt_train)
         _ = next(mt_val)
         return mt_train, mt_val
