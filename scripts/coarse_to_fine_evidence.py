@@ -67,6 +67,10 @@ class nnUNetTrainerC2FEvidenceCoarseToFine(_C2F, _Budget, nnUNetTrainerCoarseToF
 
 class nnUNetTrainerC2FEvidenceCoarseToFineMLN(_C2F, _Budget, nnUNetTrainerCoarseToFineMLN):
     mln_num_points = {num_points}
+
+
+class nnUNetTrainerC2FEvidenceCoarseToFineMLNw1(nnUNetTrainerC2FEvidenceCoarseToFineMLN):
+    coarse_weight = 1.0  # omega1 = 1 instead of the paper's 0.3 (see the evidence page)
 '''
 
 METHODS = {  # trainer -> name in the table
@@ -74,8 +78,10 @@ METHODS = {  # trainer -> name in the table
     "nnUNetTrainerC2FEvidenceMLL": "MLL loss",
     "nnUNetTrainerC2FEvidenceCoarseToFine": "coarse-to-fine",
     "nnUNetTrainerC2FEvidenceCoarseToFineMLN": "coarse-to-fine + MLN",
+    "nnUNetTrainerC2FEvidenceCoarseToFineMLNw1": "coarse-to-fine + MLN, omega1 = 1",
 }
-ITERATIVE = ("nnUNetTrainerC2FEvidenceCoarseToFine", "nnUNetTrainerC2FEvidenceCoarseToFineMLN")
+ITERATIVE = ("nnUNetTrainerC2FEvidenceCoarseToFine", "nnUNetTrainerC2FEvidenceCoarseToFineMLN",
+             "nnUNetTrainerC2FEvidenceCoarseToFineMLNw1")
 
 
 def run(cmd, env, log_path):
@@ -111,23 +117,19 @@ def main(argv=None) -> None:
         raise SystemExit("--epochs must be >= 3 (the coarse-to-fine methods need their three steps)")
 
     from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    from nnunetv2_ext.pipeline import nnunet_env
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
 
     work = os.path.abspath(a.work_dir)
-    env = dict(os.environ)
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[k] = os.path.join(work, k)
-        os.makedirs(env[k], exist_ok=True)
     trainers = os.path.join(work, "trainers")
     os.makedirs(trainers, exist_ok=True)
     with open(os.path.join(trainers, "c2f_evidence_trainers.py"), "w", encoding="utf-8") as f:
         f.write(TRAINERS_TEMPLATE.format(epochs=a.epochs, iterations=a.iterations, batch_size=a.batch_size,
                                          oversampling=a.oversampling, margin=a.crop_margin,
                                          num_points=a.num_points))
-    env["nnUNet_extTrainer"] = os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER])
-    env.setdefault("nnUNet_n_proc_DA", "2")  # augmentation workers per training
-    env.setdefault("nnUNet_def_n_proc", "1")  # nnU-Net's export pools (default 8 spawned processes per command)
-    env.setdefault("OMP_NUM_THREADS", "1")
+    # 2 augmentation workers per training; nnU-Net's export pools with 1 process (default: 8 spawned per command)
+    env = nnunet_env(work, 2, {"nnUNet_extTrainer": os.pathsep.join([trainers, TRAINER_SEARCH_FOLDER]),
+                               "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     log = os.path.join(work, "commands.log")
     did = str(a.dataset_id)
     t_start = time.time()
@@ -161,11 +163,18 @@ def main(argv=None) -> None:
     if table.returncode != 0:
         raise RuntimeError(f"nnUNetv2_ext_compare failed:\n{table.stdout}\n{table.stderr}")
 
-    rows = ["| method | cases (x folds) | mean iterations | converged | mean RDSC after round 1 |", "|---|---|---|---|---|"]
+    rows = ["| method | cases (x folds) | iterations per case (its slowest slice) | cases converged | inputs refined "
+            "(slices x mirrorings) | iterations per refined input | refined inputs converged | mean RDSC after round 1 |",
+            "|---|---|---|---|---|---|---|---|"]
     for trainer, s in iterations.items():
         first = s["mean_rdsc_by_iteration"][0] if s["mean_rdsc_by_iteration"] else float("nan")
+        per_case = s.get("per_case", [])
+        refined = sum(c["inputs_refined"] for c in per_case)
+        per_slice = sum(c["mean_iterations"] * c["inputs_refined"] for c in per_case) / refined if refined else 0.0
+        conv = sum(c["converged_inputs"] * c["inputs_refined"] for c in per_case) / refined if refined else float("nan")
         rows.append(f"| {METHODS[trainer]} | {s['cases']} | {s['mean_iterations']:.2f} | "
-                    f"{100 * s['converged_fraction']:.0f} % | {first:.4f} |")
+                    f"{100 * s['converged_fraction']:.0f} % | {refined} of {sum(c['inputs'] for c in per_case)} | "
+                    f"{per_slice:.2f} | {100 * conv:.0f} % | {first:.4f} |")
     minutes = (time.time() - t_start) / 60
     report = "\n".join([
         f"# Coarse-to-fine evidence (2d, folds {' '.join(folds)}, {a.epochs} epochs x {a.iterations} iterations, "
