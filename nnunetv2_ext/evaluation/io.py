@@ -164,6 +164,16 @@ def _geometry(properties: dict) -> Dict[str, np.ndarray]:
     return geometry
 
 
+def geometry_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Optional[str]:
+    """The first geometry entry (spacing, origin, direction) of ``a`` that ``b`` lacks or that differs beyond
+    rounding (rtol 1e-5, atol 1e-3); None when the two agree."""
+    for key, value in a.items():
+        other = b.get(key)
+        if other is None or other.shape != value.shape or not np.allclose(value, other, rtol=1e-5, atol=1e-3):
+            return key
+    return None
+
+
 def read_segmentation(reader: BaseReaderWriter, case: str, file: str, role: str
                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Label map (without nnU-Net's channel axis, smallest unsigned integer type) and its geometry."""
@@ -185,11 +195,12 @@ def read_case(reader: BaseReaderWriter, case: str, ref_file: str, pred_file: str
     if ref.shape != pred.shape:
         raise EvaluationInputError(f"case {case}: reference shape {ref.shape} != prediction shape {pred.shape} "
                                    f"({ref_file} vs {pred_file})")
-    for key, value in ref_geometry.items():
+    key = geometry_difference(ref_geometry, pred_geometry)
+    if key is not None:
         other = pred_geometry.get(key)
-        if other is None or other.shape != value.shape or not np.allclose(value, other, rtol=1e-5, atol=1e-3):
-            raise EvaluationInputError(f"case {case}: reference and prediction differ in {key}: {value.tolist()} vs "
-                                       f"{None if other is None else other.tolist()} ({ref_file} vs {pred_file})")
+        raise EvaluationInputError(f"case {case}: reference and prediction differ in {key}: "
+                                   f"{ref_geometry[key].tolist()} vs {None if other is None else other.tolist()} "
+                                   f"({ref_file} vs {pred_file})")
     spacing = tuple(float(s) for s in ref_geometry["spacing"])
     if ref.ndim == 3 and ref.shape[0] == 1:  # nnU-Net stores 2D images as 1 x H x W: evaluate them in 2D
         ref, pred, spacing = ref[0], pred[0], spacing[1:]

@@ -32,8 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
-from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, guess_file_ending, read_segmentation,
-                                        reader_class)
+from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_difference, guess_file_ending,
+                                        read_segmentation, reader_class)
 from nnunetv2_ext.semisupervised.consensus import averaged_from_probabilities, check_level, consensus_score
 from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
 
@@ -165,11 +165,12 @@ def _read_maps(pred: PredictionSet, case: str):
             if seg.shape != first_shape:
                 raise PseudoLabelError(f"case {case}: shape {seg.shape} in {folder} != {first_shape} in "
                                        f"{pred.folders[0]}")
-            for key, value in first_geometry.items():
+            key = geometry_difference(first_geometry, geometry)
+            if key is not None:
                 other = geometry.get(key)
-                if other is None or other.shape != value.shape or not np.allclose(value, other, rtol=1e-5, atol=1e-3):
-                    raise PseudoLabelError(f"case {case}: {key} differs between {pred.folders[0]} ({value.tolist()}) "
-                                           f"and {folder} ({None if other is None else other.tolist()})")
+                raise PseudoLabelError(f"case {case}: {key} differs between {pred.folders[0]} "
+                                       f"({first_geometry[key].tolist()}) and {folder} "
+                                       f"({None if other is None else other.tolist()})")
         maps.append(seg)
     dtype = np.result_type(*[m.dtype for m in maps])
     return np.stack([m.astype(dtype, copy=False) for m in maps]), reader
