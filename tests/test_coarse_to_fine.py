@@ -12,7 +12,8 @@ from torch import nn
 from conftest import make_trainer
 
 from nnunetv2_ext.two_stage.coarse_to_fine import (COARSE_TO_FINE_SCHEDULE, CoarseToFineLoss, CoarseToFineNet,
-                                                   coarse_to_fine_schedule, keep_in_graph, reference_organ)
+                                                   coarse_fallback_warning, coarse_to_fine_schedule, keep_in_graph,
+                                                   reference_organ)
 from nnunetv2_ext.two_stage.crop import crop_with_padding
 from nnunetv2_ext.two_stage.iterative import (IterationLog, IterationRecord, StoppingRule, case_rdsc_curve,
                                               iterate_fine_stage, relative_dice)
@@ -431,3 +432,10 @@ def test_bad_input_fails_before_training(phantom_2d_plans):
         make_trainer(T, three_d, dataset_json, "3d_fullres", 1)
     ignore = dict(dataset_json, labels={"background": 0, "organ": 1, "ignore": 2})
     make_trainer(T, plans, ignore, "2d", 1)  # an ignore label is fine (boxes from label 1 only)
+
+
+def test_coarse_fallback_warning_only_in_predicted_box_steps_above_a_quarter():
+    assert coarse_fallback_warning(25, 100, False, 0.3) is None  # exactly a quarter: quiet
+    text = coarse_fallback_warning(26, 100, False, 0.3)
+    assert text.startswith("WARNING: the coarse stage found no organ in 26 of 100") and "omega1, now 0.3" in text
+    assert coarse_fallback_warning(100, 100, True, 0.3) is None  # steps S / I crop from the reference anyway

@@ -33,7 +33,8 @@ from nnunetv2_ext.transforms import SignedDistanceMapTransform
 from nnunetv2_ext.two_stage.boxes import margin_in_mm, normalise_margin
 from nnunetv2_ext.two_stage.coarse_to_fine import (PAPER_CROP_MARGIN, RSTN_JOINT_REFERENCE_FRACTION,
                                                    RSTN_SEPARATE_FRACTION, CoarseToFineLoss, CoarseToFineNet,
-                                                   MLNLossWeights, coarse_to_fine_schedule, reference_organ)
+                                                   MLNLossWeights, coarse_fallback_warning,
+                                                   coarse_to_fine_schedule, reference_organ)
 from nnunetv2_ext.two_stage.iterative import PAPER_MAX_ITERATIONS, PAPER_TOL, StoppingRule
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import STEP_J, TrainingStep
@@ -42,8 +43,6 @@ __all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN", "nnUNetT
            "nnUNetTrainerCoarseToFineMLNTiny"]
 
 ITERATION_LOG_NAME = "coarse_to_fine_iterations.json"
-COARSE_FALLBACK_WARNING = 0.25
-"""Share of a step-J epoch's training samples with an empty coarse mask above which the log warns."""
 
 
 class _LossWithAuxiliary:
@@ -255,14 +254,10 @@ class nnUNetTrainerCoarseToFine(nnUNetTrainer):
             self.print_to_log_file("Coarse-to-fine loss terms: " + ", ".join(f"E_{k} {v:.4f}" for k, v in means.items())
                                    + f"; predicted boxes replaced by reference boxes (empty coarse mask): "
                                      f"{self._epoch_fallbacks}")
-        samples = self.num_iterations_per_epoch * self.batch_size
-        if not self.c2f_step.reference_boxes and self._epoch_fallbacks > COARSE_FALLBACK_WARNING * samples:
-            # training's pseudo-Dice hides this (the fallback boxes come from the reference); inference has none
-            self.print_to_log_file(
-                f"WARNING: the coarse stage found no organ in {self._epoch_fallbacks} of {samples} training samples "
-                f"this epoch (their boxes came from the reference). At inference there is no reference: slices where "
-                f"the coarse stage finds nothing are predicted empty. If this persists to the end of training, train "
-                f"longer or raise coarse_weight (omega1, now {self.coarse_weight:g}).")
+        warning = coarse_fallback_warning(self._epoch_fallbacks, self.num_iterations_per_epoch * self.batch_size,
+                                          self.c2f_step.reference_boxes, self.coarse_weight)
+        if warning:
+            self.print_to_log_file(warning)
 
     # ---------------------------------------------------------------- validation with the iterative test
     def perform_actual_validation(self, save_probabilities: bool = False):

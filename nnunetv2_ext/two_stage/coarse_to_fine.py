@@ -374,6 +374,23 @@ class CoarseToFineLoss(nn.Module):
         return {k: (torch.stack(v).mean() if v else None) for k, v in sums.items()}
 
 
+COARSE_FALLBACK_WARNING = 0.25
+"""Share of a step's training samples with an empty coarse mask above which :func:`coarse_fallback_warning` warns."""
+
+
+def coarse_fallback_warning(fallbacks: int, samples: int, reference_boxes: bool, coarse_weight: float) -> Optional[str]:
+    """The log warning for an epoch in which the coarse stage found no organ in more than ``COARSE_FALLBACK_WARNING``
+    of the ``samples`` (their boxes came from the reference, RSTN's fallback); None when there is nothing to say.
+    Only steps that crop from the coarse prediction (step J, ``reference_boxes`` False) count: training's pseudo-Dice
+    hides this failure, and inference has no reference to fall back on."""
+    if reference_boxes or fallbacks <= COARSE_FALLBACK_WARNING * samples:
+        return None
+    return (f"WARNING: the coarse stage found no organ in {fallbacks} of {samples} training samples this epoch (their "
+            f"boxes came from the reference). At inference there is no reference: slices where the coarse stage finds "
+            f"nothing are predicted empty. If this persists to the end of training, train longer or raise "
+            f"coarse_weight (omega1, now {coarse_weight:g}).")
+
+
 def reference_organ(target: torch.Tensor, organ_label: int = 1) -> torch.Tensor:
     """(B, 1, *S) label map -> (B, *S) organ mask (the ignore label is not organ)."""
     return target[:, 0] == organ_label
