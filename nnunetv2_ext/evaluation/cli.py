@@ -1,7 +1,6 @@
 """Command lines ``nnunetv2_ext_evaluate`` and ``nnunetv2_ext_compare`` (thin wrappers of the Python API)."""
 import argparse
 import os
-import shutil
 import sys
 from typing import Dict, List, Optional
 
@@ -9,6 +8,7 @@ from nnunetv2.configuration import default_num_processes
 
 from nnunetv2_ext.evaluation.evaluate import compare_folders, evaluate_folders
 from nnunetv2_ext.evaluation.io import EvaluationInputError
+from nnunetv2_ext.io_atomic import OutputFolderError, check_output_folder, write_folder_atomically
 from nnunetv2_ext.evaluation.figures import default_images_folder, write_evaluation_figures
 from nnunetv2_ext.evaluation.metrics import (DEFAULT_HD95_METHOD, DEFAULT_NSD_METHOD, DEFAULT_NSD_TOLERANCE_MM,
                                              HD95_METHODS, METRICS, NSD_METHODS)
@@ -109,38 +109,27 @@ def _metric_kwargs(args) -> dict:
             "hd_penalty": args.hd_penalty, "nsd_preset": args.nsd_preset}
 
 
-def _check_output(folder: str, overwrite: bool) -> None:
-    """Fails before any work when the report folder exists (without --overwrite) or cannot be created."""
-    if os.path.exists(folder) and not overwrite:
-        raise EvaluationInputError(f"the report folder {folder} exists; pass --overwrite to replace it (or give "
-                                   f"another -o)")
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        raise EvaluationInputError(f"cannot write the report to {folder} ({existing} is not a writable folder); "
-                                   f"give -o")
+def _check_output(folder: str, overwrite: bool, inputs) -> None:
+    """Fails before any work: the report folder may not be or hold an input, and an existing one with files needs
+    --overwrite and must be a report of ours (:mod:`nnunetv2_ext.io_atomic`'s rule, the same for every command)."""
+    try:
+        check_output_folder(folder, inputs, overwrite)
+    except OutputFolderError as e:
+        raise EvaluationInputError(str(e)) from None
 
 
-def _write_atomically(folder: str, write) -> Dict[str, str]:
+def _write_atomically(folder: str, write, written_by: str) -> Dict[str, str]:
     """Runs ``write(tmp_folder)`` and then swaps the finished folder in: a failure leaves no half-written report
     and keeps an old one. Returns write's {kind: path} with paths inside ``folder``."""
     folder = os.path.abspath(folder)
-    tmp = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        paths = write(tmp)
-        if os.path.exists(folder):
-            old = tmp + ".old"
-            os.rename(folder, old)
-            os.rename(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {k: os.path.join(folder, os.path.relpath(v, tmp)) for k, v in paths.items()}
+    tmp_paths = {}
+
+    def run(tmp):
+        tmp_paths.update(write(tmp))
+        return tmp
+
+    tmp = write_folder_atomically(folder, run, written_by)
+    return {k: os.path.join(folder, os.path.relpath(v, tmp)) for k, v in tmp_paths.items()}
 
 
 def _fail(message: str) -> int:
@@ -170,7 +159,7 @@ def evaluate_main(argv: Optional[List[str]] = None) -> int:
             raise EvaluationInputError(f"--overlays must be >= 0, got {args.overlays}")
         if args.images is not None and not os.path.isdir(args.images):
             raise EvaluationInputError(f"image folder {args.images} does not exist")
-        _check_output(output, args.overwrite)
+        _check_output(output, args.overwrite, [args.ref_folder, args.pred_folder, args.images, args.dataset_json])
         result = evaluate_folders(args.ref_folder, args.pred_folder, args.dataset_json, args.labels,
                                   args.num_processes, skip_bad_cases=args.skip_bad_cases,
                                   file_ending=args.file_ending, progress=not args.no_progress, **_metric_kwargs(args))
@@ -183,7 +172,7 @@ def evaluate_main(argv: Optional[List[str]] = None) -> int:
         paths.update(write_evaluation_figures(result, folder, args.overlays, images))
         return paths
 
-    paths = _write_atomically(output, write)
+    paths = _write_atomically(output, write, "nnUNetv2_ext_evaluate")
     if result.settings["labels_inferred"]:
         print(f"no dataset.json: evaluated the labels found in the references: {[s.key for s in result.labels]}")
     print(format_markdown_table({os.path.basename(os.path.normpath(args.pred_folder)): result}, args.metrics))
@@ -226,7 +215,7 @@ def compare_main(argv: Optional[List[str]] = None) -> int:
         return _fail(f"--baseline {args.baseline} is not one of --names {args.names}")
     output = args.output or "ext_comparison"
     try:
-        _check_output(output, args.overwrite)
+        _check_output(output, args.overwrite, [args.ref_folder, *args.pred_folders, args.dataset_json])
         results = compare_folders(args.ref_folder, args.pred_folders, args.names, args.dataset_json, args.labels,
                                   args.num_processes, skip_bad_cases=args.skip_bad_cases,
                                   file_ending=args.file_ending, progress=not args.no_progress,
@@ -236,7 +225,8 @@ def compare_main(argv: Optional[List[str]] = None) -> int:
     except (EvaluationInputError, ValueError) as e:
         return _fail(str(e))
     paths = _write_atomically(output, lambda folder: write_comparison_report(results, folder, comparison,
-                                                                             args.metrics, args.plot_metrics))
+                                                                             args.metrics, args.plot_metrics),
+                              "nnUNetv2_ext_compare")
     first = next(iter(results.values()))
     if first.settings["labels_inferred"]:
         print(f"no dataset.json: evaluated the labels found in the references: {[s.key for s in first.labels]}")

@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from nnunetv2_ext.io_atomic import OutputFolderError, check_output_folder
 from nnunetv2_ext.semisupervised.pseudolabel import PseudoLabelError, run_pseudolabel
 
 
@@ -42,11 +43,17 @@ def pseudolabel_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--images", default=None, help="images of the unlabelled cases (nnU-Net naming CASE_0000.ext); "
                                                   "default: the labelled dataset's imagesUnlabeled")
     p.add_argument("--copy", action="store_true", help="copy files into the new dataset instead of hard links")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output dataset (only one written by this command, with the same name) "
+                        "and an existing -o folder (only one written by nnunetv2_ext)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     try:
+        try:  # the output rule of every command (nnunetv2_ext.io_atomic), before the scoring starts
+            check_output_folder(a.output, [*a.pred_folders, a.images, a.dataset_json], a.overwrite)
+        except OutputFolderError as e:
+            raise PseudoLabelError(str(e)) from None
         result = run_pseudolabel(a.pred_folders, a.output, a.level, a.dataset_json, a.file_ending, a.probabilities,
                                  a.labelled_dataset, a.output_dataset, a.threshold, a.top_fraction, a.images,
                                  a.output_name, a.overwrite, a.copy, a.num_processes, not a.no_progress,

@@ -34,6 +34,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_difference, guess_file_ending,
                                         read_segmentation, reader_class)
+from nnunetv2_ext.io_atomic import mark_folder
 from nnunetv2_ext.semisupervised.consensus import averaged_from_probabilities, check_level, consensus_score
 from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
 
@@ -358,6 +359,13 @@ def plan_dataset(labelled_id: int, output_id: int, selected: Sequence[str], pred
     existing = find_dataset_folder(output_id, raw)
     if existing is not None and not overwrite:
         raise PseudoLabelError(f"output dataset id {output_id} exists ({existing}); pass --overwrite to replace it")
+    if existing is not None and os.path.basename(existing) != os.path.basename(target):
+        raise PseudoLabelError(f"output dataset id {output_id} is held by another dataset ({existing}, not "
+                               f"{os.path.basename(target)}); --overwrite never replaces another dataset: choose a "
+                               f"free --output-dataset id")
+    if existing is not None and not isfile(join(existing, MANIFEST_NAME)):
+        raise PseudoLabelError(f"{existing} was not written by nnUNetv2_ext_pseudolabel (no {MANIFEST_NAME}); "
+                               f"--overwrite only replaces pseudo-label datasets: choose a free --output-dataset id")
     images_folder = images_folder or join(labelled, UNLABELLED_IMAGES)
     if not check_images:
         selected = []
@@ -575,6 +583,7 @@ def run_pseudolabel(prediction_folders: Sequence[str], out: str, level: str = "s
     with open(join(out, MANIFEST_NAME), "w", encoding="utf-8") as f:
         json.dump(dict(selection, selected=[{"case": c, "score": by_case[c].score} for c in selected]), f, indent=1)
     files["manifest"] = join(out, MANIFEST_NAME)
+    mark_folder(out, "nnUNetv2_ext_pseudolabel")
     folder = None
     if plan is not None:
         folder = write_dataset(plan, pred, selected, by_case, selection, copy, num_processes)

@@ -1,0 +1,135 @@
+"""One output-folder rule for every command (nnunetv2_ext.io_atomic): an output that is or contains an input is
+refused even with --overwrite; an empty folder is fine; a folder with files needs --overwrite and is replaced only
+when nnunetv2_ext wrote it. Each data-loss case of the reliability issue is checked here: before the fix, each of
+these commands deleted its input and exited 0."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_ext.io_atomic import (MARKER, OutputFolderError, check_output_folder, write_folder_atomically)
+
+
+def _write(path, array):
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    ref, pred, pred2 = tmp_path / "data" / "ref", tmp_path / "data" / "pred", tmp_path / "data" / "pred2"
+    for f in (ref, pred, pred2):
+        f.mkdir(parents=True)
+    for i in range(2):
+        a = np.zeros((6, 12, 12), np.uint8)
+        a[2:5, 3:8, 3:8] = 1
+        _write(ref / f"c{i}.nii.gz", a)
+        _write(pred / f"c{i}.nii.gz", np.roll(a, 1, axis=1))
+        _write(pred2 / f"c{i}.nii.gz", a)
+    return ref, pred, pred2
+
+
+def _snapshot(*folders):
+    return {str(p): p.read_bytes() for f in folders for p in sorted(f.rglob("*.nii.gz"))}
+
+
+def test_evaluate_and_compare_never_delete_an_input(folders, tmp_path, capsys):
+    from nnunetv2_ext.evaluation.cli import compare_main, evaluate_main
+    ref, pred, pred2 = folders
+    before = _snapshot(ref, pred, pred2)
+    base = ["-np", "1", "--no-progress", "--overlays", "0"]
+    for out in (pred, ref, tmp_path / "data"):  # the prediction folder, the references, a parent of both
+        assert evaluate_main([str(ref), str(pred), "-o", str(out), "--overwrite"] + base) == 2
+        err = capsys.readouterr().err
+        assert "is or contains the input" in err, err
+    for out in (pred2, tmp_path / "data"):
+        assert compare_main([str(ref), str(pred), str(pred2), "-o", str(out), "--overwrite", "-np", "1",
+                             "--no-progress"]) == 2
+        assert "is or contains the input" in capsys.readouterr().err
+    assert _snapshot(ref, pred, pred2) == before
+    # a folder of someone else's files is not replaced either
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("keep me")
+    assert evaluate_main([str(ref), str(pred), "-o", str(foreign), "--overwrite"] + base) == 2
+    assert "did not write" in capsys.readouterr().err and (foreign / "thesis.txt").read_text() == "keep me"
+    # an empty folder (mktemp -d) is accepted by both; our own report is replaced with --overwrite
+    runs = {"evaluate": lambda out, *extra: evaluate_main([str(ref), str(pred), "-o", str(out), *extra] + base),
+            "compare": lambda out, *extra: compare_main([str(ref), str(pred), str(pred2), "-o", str(out), *extra,
+                                                         "-np", "1", "--no-progress"])}
+    for name, run in runs.items():
+        empty = tmp_path / f"empty_{name}"
+        empty.mkdir()
+        assert run(empty) == 0 and (empty / MARKER).is_file()
+        assert run(empty) == 2 and "--overwrite" in capsys.readouterr().err
+        assert run(empty, "--overwrite") == 0
+    # the default report folder lies inside the prediction folder: allowed, and replaced with --overwrite
+    assert evaluate_main([str(ref), str(pred)] + base) == 0
+    assert evaluate_main([str(ref), str(pred), "--overwrite"] + base) == 0
+    assert _snapshot(ref, pred, pred2) == before
+
+
+def test_rule_and_atomic_swap(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.nii.gz").write_bytes(b"x")
+    with pytest.raises(OutputFolderError, match="is or contains the input"):
+        check_output_folder(str(tmp_path), [str(inp)], overwrite=True)
+    link = tmp_path / "link"
+    link.symlink_to(inp)
+    with pytest.raises(OutputFolderError, match="is or contains the input"):  # through a symbolic link
+        check_output_folder(str(link), [str(inp)], overwrite=True)
+    check_output_folder(str(inp / "report"), [str(inp)])  # inside an input: allowed (new folder)
+    out = tmp_path / "out"
+    write_folder_atomically(str(out), lambda d: (open(f"{d}/r.txt", "w").write("1")), "test")
+    with pytest.raises(OutputFolderError, match="--overwrite"):
+        check_output_folder(str(out), [str(inp)])
+    check_output_folder(str(out), [str(inp)], overwrite=True)
+    assert json.loads((out / MARKER).read_text())["written_by"] == "test"
+
+    def fail(d):
+        open(f"{d}/partial.txt", "w").write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a failure keeps the old folder and leaves nothing behind
+        write_folder_atomically(str(out), fail, "test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "link", "out"]
+    assert (out / "r.txt").read_text() == "1"
+    shutil.rmtree(out)
+
+
+def test_pseudolabel_never_replaces_another_dataset(tmp_path, nnunet_dirs, capsys):
+    """--output-dataset with the id of another dataset (here a FLARE22-like one with imagesUnlabeled/) is refused even
+    with --overwrite; before the fix it was deleted and the pseudo-label dataset written under the same id."""
+    from nnunetv2_ext.semisupervised.cli import pseudolabel_main
+    raw = nnunet_dirs["nnUNet_raw"]
+    lab = raw / "Dataset942_Lab"
+    other = raw / "Dataset943_FLARE22"
+    for d in (lab / "imagesTr", lab / "labelsTr", other / "imagesUnlabeled"):
+        d.mkdir(parents=True)
+    for c in ("lab_0", "lab_1"):
+        _write(lab / "imagesTr" / f"{c}_0000.nii.gz", np.ones((6, 12, 12)))
+        _write(lab / "labelsTr" / f"{c}.nii.gz", np.zeros((6, 12, 12)))
+    (lab / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0,
+                                                  "organ": 1}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    _write(other / "imagesUnlabeled" / "u_0000.nii.gz", np.ones((6, 12, 12)))
+    preds = []
+    for m in range(2):
+        d = tmp_path / f"m{m}"
+        d.mkdir()
+        a = np.zeros((6, 12, 12), np.uint8)
+        a[2:5, 3:8, 3:8] = 1
+        _write(d / "u.nii.gz", a)
+        preds.append(str(d))
+    args = [*preds, "-o", str(tmp_path / "scores"), "--labelled-dataset", "942", "--output-dataset", "943",
+            "--threshold", "0.5", "--images", str(other / "imagesUnlabeled"), "-np", "1", "--no-progress",
+            "--overwrite"]
+    before = _snapshot(raw)
+    assert pseudolabel_main(args) == 2
+    assert "held by another dataset" in capsys.readouterr().err
+    assert _snapshot(raw) == before and (other / "imagesUnlabeled" / "u_0000.nii.gz").is_file()
+    # the scores folder may not be one of the prediction folders either
+    assert pseudolabel_main([*preds, "-o", preds[0], "--overwrite", "-np", "1", "--no-progress"]) == 2
+    assert "is or contains the input" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "m0").iterdir()) == ["u.nii.gz"]
