@@ -100,6 +100,8 @@ setup(
             "nnunetv2_ext_evaluate=nnunetv2_ext.evaluation.cli:evaluate_main",
             "nnunetv2_ext_compare=nnunetv2_ext.evaluation.cli:compare_main",
             "nnunetv2_ext_convert_nih=nnunetv2_ext.dataset_conversion.nih_pancreas:main",
+            "nnunetv2_ext_convert_nih_slices=nnunetv2_ext.dataset_conversion.nih_slices:main",
+            "nnunetv2_ext_benchmark=nnunetv2_ext.benchmark.cli:main",
             "nnunetv2_ext_convert_lits=nnunetv2_ext.dataset_conversion.lits:main",
             "nnunetv2_ext_convert_msd=nnunetv2_ext.dataset_conversion.msd:main",
             "nnunetv2_ext_convert_flare22=nnunetv2_ext.dataset_conversion.flare22:main",

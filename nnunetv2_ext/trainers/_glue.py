@@ -34,10 +34,13 @@ from nnunetv2_ext.sampling.slice_table import SliceTable
 def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = None, seed: Optional[int] = None):
     """``setup(dataset_tr)`` runs first (checks before any worker starts); ``make_train_loader(dataset_tr,
     initial_patch_size, patch_size, transforms, **common)`` returns the training data loader. Returns the two
-    augmenters (training, validation) as nnU-Net's ``get_dataloaders`` builds them; with ``seed``, workers return
-    batches in a fixed order from fixed seeds (``seed + i``; validation ``seed + 100 + i``), for repeatable runs."""
+    augmenters (training, validation) as nnU-Net's ``get_dataloaders`` builds them; with ``seed`` (default: the
+    trainer's ``seed`` attribute, set by benchmark runs), workers return batches in a fixed order from fixed seeds
+    (``seed + i``; validation ``seed + 100 + i``), for repeatable runs."""
     if trainer.dataset_class is None:
         trainer.dataset_class = infer_dataset_class(trainer.preprocessed_dataset_folder)
+    if seed is None:  # a benchmark run's seed (nnunetv2_ext.benchmark.budget) applies to every trainer's loaders
+        seed = getattr(trainer, "seed", None)
     patch_size = trainer.configuration_manager.patch_size
     ds_scales = trainer._get_deep_supervision_scales()
     rotation, dummy_2d, initial_patch_size, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()

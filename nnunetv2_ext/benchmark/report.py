@@ -1,0 +1,230 @@
+"""The benchmark report: per trainer, over seeds, raw and after nnU-Net's postprocessing.
+
+Per trainer: mean ± seed SD of the mean DSC, of the worst-10 % DSC and of the minimum; precision (empty predictions
+counted as such), recall, HD95 (a missed organ counted at the image diagonal), NSD, connected components per case;
+training seconds per iteration and prediction time relative to the baseline of the same benchmark; then the paired
+difference to the baseline of the mean and of the worst-10 % DSC with hierarchical bootstrap intervals over cases and
+seeds (:mod:`~nnunetv2_ext.benchmark.stats`). Runs that failed are listed, never silently left out.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from nnunetv2_ext.benchmark.runs import BenchmarkConfig, Run, WorkFolder, plan_runs, prediction_folder
+from nnunetv2_ext.benchmark.stats import (hierarchical_bootstrap_difference, mean_statistic, min_statistic,
+                                          per_seed, worst_statistic)
+
+METRICS = ("DSC", "precision", "recall", "HD95", "NSD")
+HD_PENALTY = "diagonal"
+
+
+def _reference_folder(cfg: BenchmarkConfig) -> str:
+    if cfg.test == "imagesTs":
+        return os.path.join(os.environ["nnUNet_raw"], cfg.dataset, "labelsTs")
+    return os.path.join(os.environ["nnUNet_preprocessed"], cfg.dataset, "gt_segmentations")
+
+
+def components_per_case(folder: str, dataset_json: dict) -> Dict[str, int]:
+    """Foreground connected components per predicted case (full connectivity in 2D and 3D)."""
+    from scipy.ndimage import label
+    from nnunetv2_ext.evaluation.io import files_by_case, read_segmentation, reader_class
+    ending = dataset_json["file_ending"]
+    files = files_by_case(folder, ending)
+    if not files:
+        return {}
+    reader = reader_class(dataset_json, ending, next(iter(files.values())))()
+    out = {}
+    for case, f in files.items():
+        seg, _ = read_segmentation(reader, case, f, "prediction")
+        out[case] = int(label(seg > 0, structure=np.ones((3,) * seg.ndim))[1])
+    return out
+
+
+def evaluate_folder(folder: str, ref: str, dataset_json_file: str, num_processes: int = 1) -> dict:
+    """Per-case metrics of the first label (cached in ``folder/.benchmark_metrics.json``)."""
+    cache = os.path.join(folder, ".benchmark_metrics.json")
+    if os.path.isfile(cache):
+        with open(cache, encoding="utf-8") as f:
+            return json.load(f)
+    from nnunetv2_ext.evaluation import evaluate_folders
+    with open(dataset_json_file, encoding="utf-8") as f:
+        djson = json.load(f)
+    result = evaluate_folders(ref, folder, djson, num_processes=num_processes, progress=False,
+                              hd_penalty=HD_PENALTY)
+    comps = components_per_case(folder, djson)
+    per_case = {c: {m: float(result.values(m, cases=[c])[0]) for m in METRICS} for c in result.cases}
+    for c in per_case:
+        per_case[c]["components"] = comps.get(c, 0)
+    out = {"label": result.labels[0].name, "per_case": per_case}
+    with open(cache, "w", encoding="utf-8") as f:
+        json.dump(out, f)
+    return out
+
+
+def collect_matrices(cfg: BenchmarkConfig, work: WorkFolder, kind: str, dataset_json_file: str,
+                     num_processes: int = 1) -> Dict[str, Dict[str, np.ndarray]]:
+    """{trainer: {metric: (seeds, cases) array, "_seeds": seeds, "_cases": cases}} over the trainer's complete
+    seeds (every fold done); a case predicted by several folds' models (held-out set) gets their mean."""
+    ref = _reference_folder(cfg)
+    done = {(r.trainer, r.seed, r.fold): r for r in plan_runs(cfg) if (work.status(r) or {}).get("state") == "done"}
+
+    def one_seed(trainer: str, seed: int) -> Optional[Dict[str, dict]]:
+        """case -> metric -> value (the mean over folds; precision: the list, NaN = empty prediction), or None
+        while a fold of this seed is missing."""
+        by_case: Dict[str, List[dict]] = {}
+        for f in cfg.folds:
+            r = done.get((trainer, seed, f))
+            folder = None if r is None else prediction_folder(cfg, work, r.name, f, kind)
+            if folder is None or not os.path.isdir(folder):
+                return None
+            for case, values in evaluate_folder(folder, ref, dataset_json_file, num_processes)["per_case"].items():
+                by_case.setdefault(case, []).append(values)
+        return {c: {m: [v[m] for v in vs] if m == "precision" else float(np.mean([v[m] for v in vs]))
+                    for m in vs[0]} for c, vs in by_case.items()}
+
+    out = {}
+    for trainer in cfg.trainers:
+        results = {s: one_seed(trainer, s) for s in cfg.seeds}
+        results = {s: r for s, r in results.items() if r is not None}
+        if not results:
+            continue
+        cases = sorted(set.intersection(*[set(r) for r in results.values()]))
+        mats = {m: np.array([[r[c][m] for c in cases] for r in results.values()], dtype=float)
+                for m in METRICS + ("components",) if m != "precision"}
+        mats["precision"] = [[v for c in cases for v in r[c]["precision"]] for r in results.values()]
+        mats["_seeds"], mats["_cases"] = list(results), cases
+        out[trainer] = mats
+    return out
+
+
+def _fmt_seed(values: np.ndarray, scale: float = 100.0, digits: int = 1) -> str:
+    v = np.asarray(values, dtype=float) * scale
+    sd = f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else ""
+    return f"{v.mean():.{digits}f}{sd}"
+
+
+def run_times(cfg: BenchmarkConfig, work: WorkFolder) -> Dict[str, Dict[str, float]]:
+    """Median seconds per training iteration and mean prediction wall time of each trainer's finished runs."""
+    out: Dict[str, Dict[str, List[float]]] = {}
+    for r in plan_runs(cfg):
+        st = work.status(r) or {}
+        if st.get("state") != "done":
+            continue
+        d = out.setdefault(r.trainer, {"it": [], "pred": []})
+        if st.get("seconds_per_iteration"):
+            d["it"].append(st["seconds_per_iteration"])
+        if st.get("predict_wall_s"):
+            d["pred"].append(st["predict_wall_s"])
+    return {t: {"it": float(np.median(d["it"])) if d["it"] else float("nan"),
+                "pred": float(np.mean(d["pred"])) if d["pred"] else float("nan")} for t, d in out.items()}
+
+
+def trainer_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]], times: Dict[str, Dict[str, float]],
+                  n_bootstrap: int = 2000) -> str:
+    base = cfg.baseline_trainer
+    rows = ["| trainer | seeds | DSC mean ± seed SD | worst-10 % DSC | min DSC | missed (DSC 0) / case | precision "
+            "| recall | HD95 mm | NSD | components / case | s / iteration (× base) | prediction s (× base) | "
+            f"Δ mean DSC vs {base} [95 % CI] | Δ worst-10 % [95 % CI] |",
+            "|" + "---|" * 15]
+    bt = times.get(base, {})
+    worst = worst_statistic("DSC")
+    for t in cfg.trainers:
+        if t not in mats:
+            rows.append(f"| {t} | 0 | no complete seed yet |" + " |" * 12)
+            continue
+        m = mats[t]
+        dsc = m["DSC"]
+        prec = [np.asarray(p, dtype=float) for p in m["precision"]]
+        n_empty = int(sum(np.isnan(p).sum() for p in prec))
+        prec_txt = _fmt_seed(np.array([np.nanmean(p) for p in prec])) + (f" ({n_empty} empty)" if n_empty else "")
+        hd = per_seed(m["HD95"], mean_statistic)
+        tt = times.get(t, {})
+        ratio = lambda a, b: f" ({a / b:.2f}×)" if b and b == b and a == a else ""  # noqa: E731
+        it_txt = f"{tt.get('it', float('nan')):.3f}{ratio(tt.get('it', float('nan')), bt.get('it'))}"
+        pred_txt = f"{tt.get('pred', float('nan')):.0f}{ratio(tt.get('pred', float('nan')), bt.get('pred'))}"
+        if t == base or base not in mats:
+            delta = dworst = "–"
+        else:
+            b = mats[base]
+            common = [c for c in m["_cases"] if c in set(b["_cases"])]
+            ia = [m["_cases"].index(c) for c in common]
+            ib = [b["_cases"].index(c) for c in common]
+            d, ci = hierarchical_bootstrap_difference(dsc[:, ia], b["DSC"][:, ib], mean_statistic, n_bootstrap)
+            dw, ciw = hierarchical_bootstrap_difference(dsc[:, ia], b["DSC"][:, ib], worst, n_bootstrap)
+            delta = f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+            dworst = f"{100 * dw:+.1f} [{100 * ciw[0]:+.1f}, {100 * ciw[1]:+.1f}]"
+        rows.append(
+            f"| {t} | {len(m['_seeds'])} | {_fmt_seed(per_seed(dsc, mean_statistic))} | "
+            f"{_fmt_seed(per_seed(dsc, worst))} | {_fmt_seed(per_seed(dsc, min_statistic))} | "
+            f"{_fmt_seed((dsc == 0).sum(axis=1), scale=1, digits=1)} / {dsc.shape[1]} | {prec_txt} | "
+            f"{_fmt_seed(per_seed(m['recall'], mean_statistic))} | {_fmt_seed(hd, scale=1)} | "
+            f"{_fmt_seed(per_seed(m['NSD'], mean_statistic))} | "
+            f"{_fmt_seed(per_seed(m['components'], mean_statistic), scale=1)} | {it_txt} | {pred_txt} | {delta} | "
+            f"{dworst} |")
+    return "\n".join(rows)
+
+
+def per_seed_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]]) -> str:
+    rows = ["| trainer | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |", "|---|" + "---|" * len(cfg.seeds)]
+    for t in cfg.trainers:
+        if t not in mats:
+            continue
+        by_seed = dict(zip(mats[t]["_seeds"], per_seed(mats[t]["DSC"], mean_statistic)))
+        rows.append(f"| {t} | " + " | ".join(f"{100 * by_seed[s]:.1f}" if s in by_seed else "–" for s in cfg.seeds)
+                    + " |")
+    return "\n".join(rows)
+
+
+def failed_runs(cfg: BenchmarkConfig, work: WorkFolder) -> List[str]:
+    out = []
+    for r in plan_runs(cfg):
+        st = work.status(r)
+        if st is not None and st.get("state") == "failed":
+            first = (st.get("error") or "").strip().splitlines()
+            out.append(f"run {r.index} ({r.trainer}, fold {r.fold}, seed {r.seed}): "
+                       f"{first[0] if first else 'failed'}; log: {st.get('log')}")
+    return out
+
+
+def write_report(cfg: BenchmarkConfig, work: WorkFolder, folder: str, dataset_json_file: str,
+                 command: Optional[str] = None, n_bootstrap: int = 2000, num_processes: int = 1) -> str:
+    runs = plan_runs(cfg)
+    n_done = sum((work.status(r) or {}).get("state") == "done" for r in runs)
+    b = cfg.budget
+    parts = [f"# Benchmark: {cfg.dataset}, {cfg.configuration}\n"]
+    if command:
+        parts.append(f"`{command}`\n")
+    parts.append(
+        f"Budget of every trainer: {b['epochs']} epochs × {b['iterations']} iterations ({b['epochs'] * b['iterations']} "
+        f"iterations), batch {b['batch'] or 'of the plans'}, first-stage features {b['width'] or 'of the plans'}; "
+        f"folds {cfg.folds}; seeds {cfg.seeds}; evaluated on "
+        f"{'the held-out imagesTs/labelsTs (each fold model predicts every case; per case the mean over folds)' if cfg.test == 'imagesTs' else 'the folds validation cases'}"
+        f"; test-time mirroring {'on' if cfg.tta else 'off'}; device {cfg.device}. Runs finished: {n_done} of "
+        f"{len(runs)}. Values are means over seeds ± the SD between seeds; Δ: paired by case, 95 % hierarchical "
+        f"bootstrap interval over cases and seeds ({n_bootstrap} resamples). HD95 counts a missed organ at the "
+        f"image diagonal. Times are medians of the runs' nnU-Net epoch times per iteration and the wall time of "
+        f"nnUNetv2_predict, measured in this benchmark (only comparable if nothing else ran).\n")
+    times = run_times(cfg, work)
+    data = {}
+    for kind, title in (("raw", "Raw predictions (what nnUNetv2_predict returns)"),
+                        ("pp", "After the postprocessing nnUNetv2_find_best_configuration chose")):
+        mats = collect_matrices(cfg, work, kind, dataset_json_file, num_processes)
+        parts += [f"## {title}\n", trainer_table(cfg, mats, times, n_bootstrap), "",
+                  "Mean DSC per seed:", "", per_seed_table(cfg, mats), ""]
+        data[kind] = {t: {"seeds": m["_seeds"], "cases": m["_cases"],
+                          **{k: np.asarray(v).tolist() for k, v in m.items() if not k.startswith("_") and
+                             k != "precision"}} for t, m in mats.items()}
+    failed = failed_runs(cfg, work)
+    if failed:
+        parts += ["## Failed runs\n"] + [f"- {f}" for f in failed] + [""]
+    text = "\n".join(parts)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "report.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(folder, "report.json"), "w", encoding="utf-8") as f:
+        json.dump({"config": cfg.key(), "times": times, "per_case": data, "failed": failed}, f)
+    return text

@@ -1,0 +1,48 @@
+"""Seeded, ordered data augmentation workers for any trainer.
+
+nnU-Net's ``get_dataloaders`` returns ``NonDetMultiThreadedAugmenter`` objects with ``seeds=None``: each worker seeds
+itself from the OS and batches arrive in whatever order the workers finish them, so two runs never see the same
+batches. :func:`seeded_augmenter` turns what a trainer's ``get_dataloaders`` returned (nnU-Net's, or one of ours
+built by ``build_dataloaders``) into batchgenerators' ``MultiThreadedAugmenter`` over the *same* data loader and
+transforms, with one fixed seed per worker: batchgenerators then guarantees the same batches in the same order
+(round robin over the workers) for the same seeds. The single-threaded augmenter (``nnUNet_n_proc_DA=0``) runs in the
+main process, which the caller seeds.
+
+It relies on four attributes of batchgenerators' augmenters (``generator``, ``transform``, ``num_processes``,
+``pin_memory``); ``tests/test_benchmark.py`` pins them.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+
+
+def worker_seeds(seed: int, num_processes: int) -> List[int]:
+    return [seed * 1000 + i for i in range(num_processes)]
+
+
+def seeded_augmenter(augmenter, seed: int) -> Tuple[object, str]:
+    """(augmenter with fixed per-worker seeds and ordered batches, what was done, for the log).
+
+    nnU-Net's ``get_dataloaders`` has already started its unseeded workers (and consumed one warm-up batch): they
+    are stopped and the same data loader and transforms restarted under a seeded ``MultiThreadedAugmenter`` (the
+    data loader in the main process was never advanced by the workers, which work on forked copies). An augmenter
+    that is already seeded and ordered (our ``build_dataloaders`` with the trainer's ``seed``), directly or inside
+    a wrapper's ``augmenter`` attribute, is kept. Anything else raises TypeError rather than running unseeded."""
+    if isinstance(augmenter, SingleThreadedAugmenter):
+        return augmenter, "in the main process (seeded with the run)"
+    inner = augmenter if isinstance(augmenter, MultiThreadedAugmenter) else getattr(augmenter, "augmenter", None)
+    if isinstance(inner, MultiThreadedAugmenter) and inner.seeds is not None and None not in inner.seeds:
+        return augmenter, f"kept: {inner.num_processes} ordered workers seeded by the trainer's loader {inner.seeds}"
+    if isinstance(augmenter, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
+        augmenter._finish()
+        seeds = worker_seeds(seed, augmenter.num_processes)
+        seeded = MultiThreadedAugmenter(augmenter.generator, augmenter.transform, augmenter.num_processes,
+                                        num_cached_per_queue=2, seeds=seeds, pin_memory=augmenter.pin_memory)
+        _ = next(seeded)  # nnU-Net's warm-up, as in its get_dataloaders
+        return seeded, f"restarted: {augmenter.num_processes} ordered workers with seeds {seeds}"
+    raise TypeError(f"cannot seed a {type(augmenter).__name__}: the trainer builds its own kind of augmenter; give "
+                    f"it a seeded batchgenerators augmenter (see nnunetv2_ext.nnunet_adapters.augmenters)")
