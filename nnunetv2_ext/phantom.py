@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -66,6 +67,9 @@ class PhantomConfig:
     extra: Dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.dataset_name or ""):  # no "/", "..": the folder stays in raw
+            raise ValueError(f"the dataset name must be letters, digits, '_' or '-' (it becomes the folder "
+                             f"Dataset<ID>_<name>), got {self.dataset_name!r}")
         if self.num_cases < 1 or self.num_test < 0:
             raise ValueError(f"num_cases must be >= 1 and num_test >= 0, got {self.num_cases}, {self.num_test}")
         if len(self.shape) != 3 or min(self.shape) < 16:

@@ -131,6 +131,7 @@ def test_evaluate_and_compare_bad_input(seg_folders, tmp_path, capsys):
     summary = json.loads((report / "summary.json").read_text())
     assert set(summary["settings"]["versions"]) >= {"nnunetv2_ext", "nnunetv2", "torch"}
     for flag, value in (("--nsd-method", "bogus"), ("--hd95-method", "median"), ("--hd-penalty", "-3"),
+                        ("--hd-penalty", "0"),
                         ("--nsd-preset", "flare99"), ("--nsd-tolerance", "0")):
         with pytest.raises(SystemExit) as exit_info:
             evaluate_main([str(ref), str(pred), "-o", str(tmp_path / "x"), flag, value] + base)
@@ -154,6 +155,9 @@ def test_phantom_and_trainer_path_bad_input(tmp_path, monkeypatch, capsys):
     before = _listing(raw)
     assert phantom_main(["-d", "950", "--raw-folder", str(raw)] + small) == 2
     assert "--overwrite" in capsys.readouterr().err
+    for name in ("bad/name", "../../escape", ".."):  # would write into a subfolder or outside nnUNet_raw
+        assert phantom_main(["-d", "951", "--name", name, "--raw-folder", str(raw)] + small) == 2
+        assert "dataset name" in capsys.readouterr().err and _listing(raw) == before
     assert phantom_main(["-d", "950", "--name", "Other", "--raw-folder", str(raw)] + small) == 2
     assert "already used" in capsys.readouterr().err and _listing(raw) == before
     assert phantom_main(["-d", "950", "--raw-folder", str(raw), "--overwrite"] + small) == 0

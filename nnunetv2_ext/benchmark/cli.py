@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="baseline trainer (default: the first of -tr)")
     p.add_argument("-o", "--output", required=True, help="work folder (settings, run states, predictions, logs, "
                                                          "report)")
-    p.add_argument("--list", action="store_true", help="print the runs with their indices and states, run nothing")
+    p.add_argument("--list", action="store_true", help="check the settings, write them (and the grouped split), print "
+                                                       "the runs with their indices and states; train nothing")
     p.add_argument("--run-index", type=int, default=None, help="execute only this run (for a cluster array job)")
     p.add_argument("--collect", action="store_true", help="only write the report from the finished runs")
     p.add_argument("--n-bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -147,11 +148,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         runs = plan_runs(cfg)
         if a.run_index is not None and not 0 <= a.run_index < len(runs):
             raise BenchmarkError(f"--run-index {a.run_index}: this benchmark has runs 0..{len(runs) - 1}")
-        if not a.list:
-            work.check(cfg)  # a work folder of other settings or someone else's files: refused before anything
-            check_output_folder(report_folder, [], overwrite=True)  # the report is ours, renewed by every collect
-            check_benchmark(cfg)
-            work.save(cfg)
+        work.check(cfg)  # a work folder of other settings or someone else's files: refused before anything
+        check_output_folder(report_folder, [], overwrite=True)  # the report is ours, renewed by every collect
+        check_benchmark(cfg)  # also writes the grouped split: --list is the set-up step before a cluster array
+        work.save(cfg)
     except (BenchmarkError, BudgetError, OutputFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

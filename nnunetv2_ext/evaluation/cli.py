@@ -1,5 +1,6 @@
 """Command lines ``nnunetv2_ext_evaluate`` and ``nnunetv2_ext_compare`` (thin wrappers of the Python API)."""
 import argparse
+import math
 import os
 import sys
 from typing import Dict, List, Optional
@@ -41,8 +42,8 @@ def _penalty(text: str):
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be none, diagonal or a distance >= 0 in mm, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):  # 0 would make a missed organ look perfect
+        raise argparse.ArgumentTypeError(f"must be none, diagonal or a distance > 0 in mm, got {text!r}")
     return value
 
 

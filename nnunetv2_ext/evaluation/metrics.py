@@ -34,6 +34,7 @@ Conventions (see docs/evaluation.md, "Conventions"):
 * Volumes in ml; ``vol_diff_ml`` = V_pred - V_ref; ``rel_vol_diff`` = (V_pred - V_ref) / V_ref (NaN for an empty
   reference).
 """
+import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import edt
@@ -80,8 +81,8 @@ def check_metric_options(nsd_method: str = DEFAULT_NSD_METHOD, hd95_method: str 
     if hd95_method not in HD95_METHODS:
         raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
     if hd_penalty is not None and hd_penalty != "diagonal" and not (
-            isinstance(hd_penalty, (int, float)) and np.isfinite(hd_penalty) and hd_penalty >= 0):
-        raise ValueError(f"hd_penalty must be None, 'diagonal' or a distance >= 0 in mm, got {hd_penalty!r}")
+            isinstance(hd_penalty, (int, float)) and np.isfinite(hd_penalty) and hd_penalty > 0):
+        raise ValueError(f"hd_penalty must be None, 'diagonal' or a distance > 0 in mm, got {hd_penalty!r}")
 
 
 def badness(metric: str, values: np.ndarray) -> np.ndarray:
@@ -161,8 +162,12 @@ def surfel_distances(mask_ref: np.ndarray, mask_pred: np.ndarray, spacing: Seque
 
 def penalty_distance(hd_penalty: HDPenalty, shape: Sequence[int], spacing: Sequence[float]) -> float:
     """The distance (mm) given to HD95/ASSD when exactly one mask is empty: a number, or the image diagonal."""
+    diagonal = float(np.linalg.norm(np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)))
     if hd_penalty == "diagonal":
-        return float(np.linalg.norm(np.asarray(shape, dtype=float) * np.asarray(spacing, dtype=float)))
+        return diagonal
+    if float(hd_penalty) > diagonal:  # larger than any distance in the image: it dominates every mean
+        warnings.warn(f"hd_penalty {hd_penalty} mm exceeds the image diagonal ({diagonal:.1f} mm); consider "
+                      f"'diagonal'", stacklevel=2)
     return float(hd_penalty)
 
 
