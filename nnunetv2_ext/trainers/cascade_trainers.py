@@ -121,8 +121,9 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             random.seed(self.seed)
             np.random.seed(self.seed)
             torch.manual_seed(self.seed)
+        # before nnU-Net's __init__, which creates the fold folder: a wrong dataset leaves nothing behind
+        check_cascade_labels(PlansManager(plans).get_label_manager(dataset_json), plans.get("dataset_name", "?"))
         super().__init__(plans, configuration, fold, dataset_json, device)
-        check_cascade_labels(self.label_manager, self.plans_manager.dataset_name)
         self._check_parameters()
         # the cascade has its own multi-output loss; nnU-Net's deep supervision would only add stage-1 outputs
         self.enable_deep_supervision = False

@@ -19,7 +19,7 @@ def check_cascade_labels(label_manager, dataset_name: str) -> None:
                          f"(label {label_manager.ignore_label})")
     if list(label_manager.all_labels) != CASCADE_LABELS:
         raise ValueError(f"{dataset_name}: the cascade needs labels {CASCADE_LABELS} (0 background, 1 organ, "
-                         f"2 tumour inside the organ); dataset.json declares {list(label_manager.all_labels)}")
+                         f"2 tumour inside the organ); dataset.json declares {[int(v) for v in label_manager.all_labels]}")
 
 
 def cases_with_tumour_outside_organ(dataset, identifiers: List[str], border: int = 2) -> tuple:
