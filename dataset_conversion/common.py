@@ -37,6 +37,7 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
+from nnunetv2_ext.file_checks import TruncatedFileError, check_complete
 from nnunetv2_ext.dataset_conversion.geometry import Geometry, grid_mismatch, label_on_image_grid
 
 MANIFEST_NAME = "nnunetv2_ext_conversion.json"
@@ -242,7 +243,11 @@ def holdout_split(identifiers: Sequence[str], num_test: int, seed: int) -> Tuple
 def _validate_worker(args):
     converter, case = args
     try:
+        for f in case.images + ((case.label,) if case.label else ()):
+            check_complete(f)  # a cut NIfTI file would be read (and copied) with zeros for its missing part
         return converter.validate_case(case), None
+    except TruncatedFileError as e:
+        return None, CaseProblem(case.identifier, str(e))
     except CaseError as e:
         return None, CaseProblem(case.identifier, e.reason)
     except Exception as e:  # unreadable/corrupt files raise library errors: report them for this case

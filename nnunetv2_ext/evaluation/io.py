@@ -15,6 +15,8 @@ from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.imageio.reader_writer_registry import (determine_reader_writer_from_dataset_json,
                                                      determine_reader_writer_from_file_ending)
 
+from nnunetv2_ext.file_checks import check_complete
+
 LabelOrRegion = Union[int, Tuple[int, ...]]
 
 #: file endings tried (in this order) when neither dataset.json nor the caller names one
@@ -178,6 +180,7 @@ def read_segmentation(reader: BaseReaderWriter, case: str, file: str, role: str
                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Label map (without nnU-Net's channel axis, smallest unsigned integer type) and its geometry."""
     try:
+        check_complete(file)  # a cut file would be read with zeros for its missing part
         seg, properties = reader.read_seg(file)
     except Exception as e:  # any reader error: name the case and the file
         raise EvaluationInputError(f"case {case}: cannot read {role} {file}: {e}") from e
