@@ -195,6 +195,30 @@ def test_nih_slices_converter_groups_patients(tmp_path, monkeypatch, shared_data
     assert image.tolist() == [[2.0, 8.0]] and label.tolist() == [[1, 0]]
 
 
+def test_report_table_hand_made():
+    """The trainer table from hand-made per-case values: seed mean ± SD, worst-10 %, missed cases, empty predictions
+    in precision, time ratios and the Δ column against the baseline."""
+    from nnunetv2_ext.benchmark.report import trainer_table
+    from nnunetv2_ext.benchmark.runs import BenchmarkConfig
+    cfg = BenchmarkConfig("Dataset001_X", "2d", ["A", "B"], [0], [1, 2], dict(epochs=1, iterations=10))
+    cases = [f"c{i}" for i in range(10)]
+    ones = np.ones((2, 10))
+
+    def mats(dsc):
+        dsc = np.asarray(dsc, dtype=float)
+        prec = [[np.nan if d == 0 else 1.0 for d in row] for row in dsc]
+        return {"DSC": dsc, "recall": dsc, "HD95": 2 * ones, "NSD": ones, "components": ones, "precision": prec,
+                "_seeds": [1, 2], "_cases": cases}
+    a = mats([[0.5] * 9 + [0.0], [0.7] * 9 + [0.1]])   # seed means 0.45 and 0.64
+    b = mats([[0.6] * 10, [0.8] * 10])                 # seed means 0.6 and 0.8
+    table = trainer_table(cfg, {"A": a, "B": b}, {"A": {"it": 0.5, "pred": 10.0}, "B": {"it": 1.0, "pred": 30.0}}, 200)
+    row_a, row_b = table.splitlines()[2:4]
+    assert "| A | 2 | 54.5 ± 13.4 | 5.0 ± 7.1 | 5.0 ± 7.1 | 0.5 ± 0.7 / 10 | 100.0 ± 0.0 (1 empty) |" in row_a
+    assert row_a.endswith("| 0.500 (1.00×) | 10 (1.00×) | – | – |")
+    assert "| B | 2 | 70.0 ± 14.1 |" in row_b and "| 1.000 (2.00×) | 30 (3.00×) |" in row_b
+    assert "| +15.5 [" in row_b and "| +65.0 [" in row_b  # 0.70 - 0.545; worst-10 %: 0.70 - 0.05
+
+
 # ------------------------------------------------------------------------------------------------- command
 def _bench(args, **kw):
     return run_process(["nnUNetv2_ext_benchmark", *map(str, args)], **kw)
@@ -228,23 +252,23 @@ def test_bad_input_refused_before_anything_is_written(phantom_2d, tmp_path):
 
 @pytest.mark.e2e
 def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnunet_dirs):
-    """Two trainers x fold 0 x seeds 5 and 6 through nnU-Net's commands with 2 augmentation workers: --list, one run by
-    index, the rest continued, the report; then the same seed retrained from scratch gives the same first-epoch
-    losses, and the other seed other ones."""
+    """A trainer x fold 0 x seeds 5 and 6 through nnU-Net's commands with 2 augmentation workers: --list, one run by
+    index, the rest continued, the report (its comparison columns: test_report_table_hand_made); then the same seed
+    retrained from scratch gives the same first-epoch losses, and the other seed other ones."""
     from conftest import PHANTOM_ID
     env = dict(os.environ, nnUNet_n_proc_DA="2", OMP_NUM_THREADS="1")
     work = tmp_path / "bench"
-    args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerBoundary", "-f", "0", "--seeds",
+    args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainer", "-f", "0", "--seeds",
             "5", "6", "--epochs", "1", "--iterations", "3", "--val-iterations", "1", "--batch", "2", "--width", "4",
             "-device", "cpu", "--disable-tta", "-o", work]
     p = _bench(args + ["--list"], env=env)
-    assert p.returncode == 0 and len(re.findall(r"to do", p.stdout)) == 4, p.stdout
+    assert p.returncode == 0 and len(re.findall(r"to do", p.stdout)) == 2, p.stdout
     run_cmd(["nnUNetv2_ext_benchmark", *map(str, args), "--run-index", "0"], env=env)
     assert json.loads((work / "runs" / "000.json").read_text())["state"] == "done"
     out = run_cmd(["nnUNetv2_ext_benchmark", *map(str, args)], env=env)
     assert "run 0:" not in out  # finished runs are never repeated
     report = (work / "report" / "report.md").read_text()
-    assert "Runs finished: 4 of 4" in report and report.count("| nnUNetTrainerBoundary | 2 |") == 2, report
+    assert "Runs finished: 2 of 2" in report and report.count("| nnUNetTrainer | 2 |") == 2, report
     data = json.loads((work / "report" / "report.json").read_text())
     assert len(data["per_case"]["pp"]["nnUNetTrainer"]["DSC"]) == 2  # two seeds x the held-out cases
     # what the seed controls, with workers on
