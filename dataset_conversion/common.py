@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -359,6 +360,7 @@ def run_conversion(converter: DatasetConverter, dataset_id: int, overwrite: bool
     if not any(c.subset == "train" for c in valid):
         raise BadCasesError(report)
 
+    _remove_stale_temporaries(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -431,15 +433,44 @@ def make_parser(description: str) -> argparse.ArgumentParser:
 def run_cli(make_converter: Callable[[argparse.Namespace], DatasetConverter], args: argparse.Namespace) -> int:
     """Runs a conversion from parsed arguments; prints the report; returns the exit code (0 ok, 1 bad cases,
     2 wrong arguments/input)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a kill runs the clean-up of the temporary folder too
     try:
         converter = make_converter(args)
         report = run_conversion(converter, args.dataset_id, overwrite=args.overwrite, skip_bad=args.skip_bad,
                                 num_processes=args.num_processes)
+    except KeyboardInterrupt:
+        print("Interrupted: nothing was written (the temporary folder was removed).", file=sys.stderr)
+        return 130
     except ConversionError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     except BadCasesError as e:
         print(e.report.format(), file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(report.format())
     return 0
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Temporary folders of earlier conversions to ``target`` whose process no longer runs (killed with SIGKILL, a
+    crash of the machine): ours by name, so removing them deletes nothing else."""
+    for old in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM handled like Ctrl-C: finally blocks remove the temporary folder

@@ -54,7 +54,10 @@ class MSDConverter(DatasetConverter):
             raise ConversionError(f"{self.input_folder} is not an MSD task folder (expected TaskXX_Name with a "
                                   f"dataset.json)")
         self.task_id, name = int(m.group(1)), m.group(2)
-        self.source_json = json.loads(source_json.read_text())
+        try:
+            self.source_json = json.loads(source_json.read_text())
+        except ValueError as e:
+            raise ConversionError(f"{source_json} is not valid JSON ({e}); the download may be incomplete") from None
         modality = {int(k): v for k, v in self.source_json["modality"].items()}
         source_labels = {v: int(k) for k, v in self.source_json["labels"].items()}
         self.edema = brats_edema_t1gd

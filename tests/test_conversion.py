@@ -364,3 +364,40 @@ def test_flare22_labelled_unlabelled_and_validation(private_nnunet_dirs, tmp_pat
     assert not (target / "imagesUnlabeled").exists() and len(report.converted["unlabeled"]) == 3
     entries = json.loads((target / UNLABELED_LIST).read_text())["cases"]
     assert all(e["file"] is None for e in entries.values()) and "FLARE22_Un_00002" in entries
+
+
+# ------------------------------------------------------------------ interruptions
+def test_truncated_msd_json_killed_conversion_and_stale_temporaries(private_nnunet_dirs, tmp_path):
+    """A cut dataset.json is a clear error; SIGTERM during a conversion leaves no temporary folder (exit 130);
+    a temporary folder of a process that no longer runs (SIGKILL) is removed by the next conversion."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    folder = synthetic.make_msd(tmp_path, "Task09_Spleen", case_numbers=(1, 2), test_numbers=())
+    good = (folder / "dataset.json").read_text()
+    (folder / "dataset.json").write_text(good[:len(good) // 2])
+    with pytest.raises(ConversionError, match="not valid JSON"):
+        MSDConverter(str(folder))
+    (folder / "dataset.json").write_text(good)
+    raw = private_nnunet_dirs["nnUNet_raw"]
+    stale = raw / ".Dataset946_Spleen.tmp-999999999"  # no such process
+    (stale / "imagesTr").mkdir(parents=True)
+    run_conversion(MSDConverter(str(folder)), 946, num_processes=1)
+    assert not stale.exists() and _no_leftovers(raw)
+    # SIGTERM while converting: a slow converter (sleeps per case) in a subprocess
+    code = ("import sys, time; from nnunetv2_ext.dataset_conversion import msd\n"
+            "orig = msd.MSDConverter.convert_case\n"
+            "def slow(self, case, folder):\n    orig(self, case, folder); time.sleep(30)\n"
+            "msd.MSDConverter.convert_case = slow\n"
+            f"sys.exit(msd.main(['-i', {str(folder)!r}, '-d', '947', '-np', '1']))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, nnUNet_raw=str(raw)),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(raw.glob(".Dataset947_*")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(raw.glob(".Dataset947_*")), "the conversion did not start"
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Interrupted" in err and "Traceback" not in err, err
+    assert not list(raw.glob("*Dataset947*"))
