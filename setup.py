@@ -2,7 +2,7 @@
 
 Besides the Python packages, the wheel carries ``nnunetv2_ext-trainers.pth`` in its root, which pip puts into
 site-packages. Python executes ``import`` lines of ``.pth`` files at start-up; ours adds the folder
-``nnunetv2_ext/_nnunet_trainer_path`` to the ``nnUNet_extTrainer`` search path of nnU-Net (>= 2.6), so that
+``nnunetv2_ext/_nnunet_trainer_path`` to the ``nnUNet_extTrainer`` search path of nnU-Net (>= 2.8.0), so that
 ``nnUNetv2_train ... -tr nnUNetTrainerPNSSHESS`` finds our trainers without copying files or setting variables.
 """
 import os
@@ -71,8 +71,10 @@ setup(
     install_requires=[
         # upper bound = the newest nnU-Net tested: the PNSS/HESS loader overrides nnUNetDataLoader internals
         # (tests/test_packaging.py pins what it relies on); raise it after running the suite on a newer release
-        "nnunetv2>=2.6,<=2.8.1",
-        "torch>=2.1",
+        # floor: nnUNet_extTrainer (how nnU-Net finds our trainers) and the build_network_architecture signature our
+        # trainers use appeared in 2.8.0 (scripts/check_nnunet_floor.sh runs the quick loop on it)
+        "nnunetv2>=2.8.0,<=2.8.1",
+        "torch>=2.1.2,!=2.9.*",  # as nnU-Net 2.8: torch 2.9.x is excluded there
         "numpy",
         "scipy>=1.15",  # scipy.stats.bootstrap(rng=...) (evaluation/summary.py)
         "SimpleITK",

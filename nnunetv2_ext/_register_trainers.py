@@ -1,6 +1,6 @@
 """Makes nnU-Net find the trainers of this package by name.
 
-nnU-Net (>= 2.6) searches the folders listed in the environment variable ``nnUNet_extTrainer`` for trainer classes it
+nnU-Net (>= 2.8.0, where it first appeared) searches the folders listed in the environment variable ``nnUNet_extTrainer`` for trainer classes it
 does not know. At interpreter start-up the ``nnunetv2_ext-trainers.pth`` file that ``pip install`` puts into
 site-packages imports this module, which appends our folder to that variable (keeping what the user set). The folder
 holds a single module that re-exports :mod:`nnunetv2_ext.trainers`, so nnU-Net gets the very same class objects that
