@@ -185,3 +185,19 @@ def test_converters_bad_input(module, extra, tmp_path, monkeypatch, capsys):
         main(["-i", str(tmp_path), "-d", "952", "--bogus-flag"] + extra)
     assert exit_info.value.code == 2
     assert _listing(raw) == []
+
+
+@pytest.mark.e2e
+def test_pnss_schedule_bad_input_is_a_message_not_a_traceback(phantom_2d, capsys):
+    """The reliability issue's item 9: a bad fold, a misspelled trainer and a planned but unpreprocessed
+    configuration end with exit 2 and a message; the good call prints the plan."""
+    from conftest import PHANTOM_ID
+    from nnunetv2_ext.sampling.schedule_cli import main
+    for args, message in ((["-f", "abc"], "-f abc"), (["-tr", "nnUNetTrainerPNSHESS"], "not found"),
+                          (["-c", "3d_fullres"], "not preprocessed"), (["-tr", "nnUNetTrainer"], "no PNSS/HESS")):
+        with pytest.raises(SystemExit) as info:
+            main(["-d", str(PHANTOM_ID), "-c", "2d"] + args)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err and "Traceback" not in err, (args, err)
+    main(["-d", str(PHANTOM_ID), "-c", "2d"])
+    assert "r reaches 0 at nnU-Net epoch" in capsys.readouterr().out

@@ -72,7 +72,16 @@ def main(argv=None) -> None:
     plans = json.load(open(plans_file))
     if a.c not in plans["configurations"]:
         p.exit(2, f"{p.prog}: error: -c {a.c}: the plans have {sorted(plans['configurations'])}\n")
-    cls = recursive_find_trainer_class_by_name(a.tr)
+    if a.f != "all" and not (a.f.isdigit() and 0 <= int(a.f) <= 4):
+        p.exit(2, f"{p.prog}: error: -f {a.f}: a fold is 0-4 or 'all'\n")
+    data_id = plans["configurations"][a.c].get("data_identifier", f"{a.p}_{a.c}")
+    if not os.path.isdir(os.path.join(nnUNet_preprocessed, name, data_id)):
+        p.exit(2, f"{p.prog}: error: -c {a.c} is planned but not preprocessed "
+                  f"({os.path.join(nnUNet_preprocessed, name, data_id)} missing): nnUNetv2_preprocess -d {a.d} -c {a.c}\n")
+    try:
+        cls = recursive_find_trainer_class_by_name(a.tr)
+    except RuntimeError:
+        cls = None
     if cls is None or not issubclass(cls, PNSSHESSMixin):
         p.exit(2, f"{p.prog}: error: -tr {a.tr}: {'not found' if cls is None else 'has no PNSS/HESS sampling'}\n")
     fold = a.f if a.f == "all" else int(a.f)
@@ -82,7 +91,11 @@ def main(argv=None) -> None:
         os.environ["nnUNet_results"] = tmp
         try:
             trainer = cls(dict(plans, continue_training=False), a.c, fold, dataset_json, device=torch.device("cpu"))
-            print(describe_plan(trainer))
+            try:
+                text = describe_plan(trainer)
+            except ValueError as e:  # e.g. fewer cases than nnU-Net's 5 folds, a fold without foreground
+                p.exit(2, f"{p.prog}: error: {name} fold {a.f}: {e}\n")
+            print(text)
         finally:
             if results is None:
                 os.environ.pop("nnUNet_results")
