@@ -62,11 +62,12 @@ setup(
                 "variant, converters and worst-case evaluation",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]) + ["nnunetv2_ext.dataset_conversion"],
+    # _nnunet_trainer_path: a folder of modules nnU-Net imports by their bare names (no __init__.py), listed as a
+    # (namespace) package so that setuptools installs it without warning
+    packages=find_packages(include=["nnunetv2_ext", "nnunetv2_ext.*"]) + ["nnunetv2_ext.dataset_conversion",
+                                                                          "nnunetv2_ext._nnunet_trainer_path"],
     package_dir={"nnunetv2_ext.dataset_conversion": "dataset_conversion"},
     include_package_data=True,
-    # a plain folder, not a package: nnU-Net imports the module in it by its bare name
-    package_data={"nnunetv2_ext": ["_nnunet_trainer_path/*.py"]},
     cmdclass=cmdclass,
     install_requires=[
         # upper bound = the newest nnU-Net tested: the PNSS/HESS loader overrides nnUNetDataLoader internals
