@@ -12,6 +12,7 @@ import numpy as np
 from nnunetv2_ext.evaluation.evaluate import EvaluationResult
 from nnunetv2_ext.evaluation.io import files_by_case, prediction_files, read_segmentation, reader_class
 from nnunetv2_ext.evaluation.metrics import METRICS, badness
+from nnunetv2_ext.figure_style import own_style
 
 #: overlay codes -> colours: agreement (TP) green, missed (FN) red, extra (FP) blue
 _OVERLAY_COLOURS = ("00c000", "ff2020", "2070ff")  # nnU-Net's hex_to_rgb takes no "#"
@@ -25,6 +26,7 @@ def _pyplot():
     return plt
 
 
+@own_style
 def plot_per_case(result: EvaluationResult, path: str, metrics: Sequence[str] = ("DSC", "HD95", "NSD"),
                   label=None) -> str:
     """PNG: one panel per metric, one bar per case sorted from worst to best; missed structures are marked
@@ -76,6 +78,7 @@ def default_images_folder(ref_folder: str) -> Optional[str]:
     return None
 
 
+@own_style
 def write_worst_case_overlays(result: EvaluationResult, output_folder: str, k: int = 3, label=None,
                               images_folder: Optional[str] = None) -> List[str]:
     """One PNG per worst case by DSC (missed structures first): the axial slice with the most wrong voxels, the CT

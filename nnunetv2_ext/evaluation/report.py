@@ -11,6 +11,7 @@ from nnunetv2_ext.evaluation.evaluate import EvaluationResult
 from nnunetv2_ext.evaluation.metrics import METRICS, RANKED_METRICS, badness
 from nnunetv2_ext.evaluation.summary import (DEFAULT_N_BOOTSTRAP, DEFAULT_WORST_FRACTION, compare_paired,
                                              method_intervals)
+from nnunetv2_ext.figure_style import own_style
 
 #: metrics shown as percentages in tables (the papers report DSC, precision, recall in %)
 PERCENT_METRICS = ("DSC", "IoU", "precision", "recall", "specificity", "NSD", "rel_vol_diff")
@@ -308,6 +309,7 @@ def _settings_line(result: EvaluationResult) -> str:
             f"HD95/ASSD penalty {st.get('hd_penalty')}. Software: {versions}.\n")
 
 
+@own_style
 def plot_comparison(results: Mapping[str, EvaluationResult], path: str, metrics: Sequence[str] = DEFAULT_PLOT_METRICS,
                     label=None, cases: Optional[Sequence[str]] = None, n_labelled: int = 3) -> str:
     """PNG: one panel per metric, a box plot per method with every case as a jittered point; the ``n_labelled``

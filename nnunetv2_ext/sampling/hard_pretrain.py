@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from nnunetv2_ext.figure_style import own_style
 from nnunetv2_ext.sampling.parameters import SAMPLING_MODES
 from nnunetv2_ext.sampling.sampler import UnitPool
 from nnunetv2_ext.sampling.slice_table import SliceTable
@@ -196,6 +197,7 @@ def classification_record(table: SliceTable, split: Split, units: np.ndarray, ds
             "hard_units": np.asarray(hard).tolist()}
 
 
+@own_style
 def plot_classification(record: dict, path: str) -> None:
     """Histogram of A's slice scores with the threshold, and hard slices per case of A."""
     import matplotlib

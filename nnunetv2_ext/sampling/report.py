@@ -15,6 +15,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from nnunetv2_ext.figure_style import own_style
+
 
 def epoch_record(epoch: int, r: float, paper_epoch: int, passes: float, n_selected: int, n_total: int,
                  main_iterations: int, params, hard=None, selected_dsc: Optional[np.ndarray] = None,
@@ -64,6 +66,7 @@ def write_sampling_log(records: List[dict], output_folder: str) -> None:
     os.replace(tmp, os.path.join(output_folder, "sampling_log.json"))
 
 
+@own_style
 def plot_sampling_progress(records: List[dict], output_folder: str) -> None:
     import matplotlib
     matplotlib.use("agg")

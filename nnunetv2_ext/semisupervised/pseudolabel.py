@@ -34,6 +34,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_difference, guess_file_ending,
                                         read_segmentation, reader_class)
+from nnunetv2_ext.figure_style import own_style
 from nnunetv2_ext.io_atomic import mark_folder
 from nnunetv2_ext.semisupervised.consensus import averaged_from_probabilities, check_level, consensus_score
 from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
@@ -513,6 +514,7 @@ def _fmt(v: float) -> str:
     return "" if math.isnan(v) else f"{v:.6f}"
 
 
+@own_style
 def _histogram(path: str, values, selected_values, level: str, threshold: Optional[float]) -> None:
     import matplotlib
     matplotlib.use("Agg")
