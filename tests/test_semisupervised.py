@@ -291,6 +291,16 @@ def test_self_train_dry_run_prints_the_scale_out_commands(nnunet_dirs, tmp_path,
         assert main(base + ["-num_gpus", "4"]) == 0
         assert "-num_gpus 4" in capsys.readouterr().out
         assert main(base + ["-num_gpus", "4", "--gpus", "0"]) == 2  # exclusive
+        # checked before any preprocessing (the reliability issue's item 9): a misspelled trainer, a configuration
+        # nnU-Net does not have, a fold outside 0-4
+        for wrong, message in ((["-tr", "nnUNetTrainr"], "unknown trainer 'nnUNetTrainr'"),
+                               (["-c", "2D"], "-c 2D is not a configuration"), (["-f", "0", "9"], "folds ['9']")):
+            args = list(base)
+            if wrong[0] in args:  # replace the option's value(s)
+                i = args.index(wrong[0])
+                del args[i:i + (3 if wrong[0] == "-f" else 2)]
+            assert main(args + wrong) == 2
+            assert message in capsys.readouterr().err
         assert not (tmp_path / "work").exists() and not list(nnunet_dirs["nnUNet_raw"].glob("Dataset949_*"))
     finally:
         import shutil

@@ -100,6 +100,10 @@ class SelfTrainConfig:
                                    "each other")
         if self.num_gpus < 1:
             raise PseudoLabelError(f"-num_gpus must be >= 1, got {self.num_gpus}")
+        bad = [f for f in (*self.folds, *(self.final_folds or ())) if f != "all" and not (
+            str(f).isdigit() and 0 <= int(f) <= 4)]
+        if bad:
+            raise PseudoLabelError(f"folds {bad}: a fold is 0-4 or 'all'")
 
     def settings(self) -> dict:
         """What must not change between a run and its resumption."""
@@ -135,7 +139,10 @@ class SelfTrainRunner:
         self.work = os.path.abspath(c.work_dir or join(os.environ["nnUNet_results"], "self_training",
                                                        self.labelled_name))
         self.state_file = join(self.work, STATE_NAME)
+        self._check_configuration_and_trainers()
         state = load_json(self.state_file) if isfile(self.state_file) else None
+        if state is not None and state["settings"] != c.settings() and not state["rounds"]:
+            state = None  # nothing finished under the old settings (e.g. a typo that failed): start with the new ones
         if state is not None and state["settings"] != c.settings():
             changed = sorted(k for k in c.settings() if state["settings"].get(k) != c.settings()[k])
             raise PseudoLabelError(f"{self.work} holds a self-training run with other settings ({', '.join(changed)});"
@@ -146,6 +153,23 @@ class SelfTrainRunner:
                 raise PseudoLabelError(f"output dataset id {out_id} exists ({existing}) and was not written by this "
                                        f"self-training run; choose other ids")
         self.state = state or {"settings": c.settings(), "rounds": {}}
+
+    def _check_configuration_and_trainers(self) -> None:
+        """Before any preprocessing: the configuration exists (in the plans, or among nnU-Net's default ones when the
+        dataset is not planned yet) and every trainer is found by nnU-Net's lookup."""
+        from nnunetv2_ext.benchmark.budget import BudgetError, find_trainer_class
+        c = self.config
+        plans_file = join(os.environ["nnUNet_preprocessed"], self.labelled_name, f"{c.plans}.json")
+        known = sorted(load_json(plans_file)["configurations"]) if isfile(plans_file) else \
+            ["2d", "3d_fullres", "3d_lowres"]
+        if c.configuration not in known:
+            raise PseudoLabelError(f"-c {c.configuration} is not a configuration of {self.labelled_name} "
+                                   f"({', '.join(known)})")
+        for t in c.trainers:
+            try:
+                find_trainer_class(t)
+            except BudgetError as e:
+                raise PseudoLabelError(str(e)) from None
 
     def _unlabelled_cases(self, ljson: dict) -> List[str]:
         if not os.path.isdir(self.images):
