@@ -93,6 +93,29 @@ def test_inference_points_are_the_most_uncertain_voxels_and_are_written_back():
     assert changed == set(out.point_index[0].tolist()) and torch.allclose(diff[list(changed)], torch.tensor(3.0))
 
 
+def test_point_selection_finds_the_known_uncertain_voxels():
+    """Eq. 10's sampling on logits whose uncertain voxels are known: at inference exactly the N most uncertain voxels;
+    in training the first m·N of the N points come from the uncertain region (k·N uniform candidates ranked by the
+    margin), the remaining (1 - m)·N are uniform. Random indices fail both checks."""
+    head = _head(num_points=8)
+    logits = torch.zeros(4, 2, 8, 8)
+    logits[:, 0] = 10.0                       # confident background everywhere ...
+    tie = torch.tensor([3, 9, 20, 27, 33, 42, 50, 61])
+    logits[:, 0].view(4, -1)[:, tie] = 0.0    # ... except 8 voxels where the two classes tie (margin 0)
+    head.eval()
+    for row in head.select_points(logits):
+        assert sorted(row.tolist()) == tie.tolist()
+    logits = torch.zeros(4, 2, 8, 8)
+    logits[:, 0, :, 4:] = 10.0                # the left half (columns 0-3) ties, the right half is confident
+    head.train()
+    torch.manual_seed(3)
+    index = head.select_points(logits)
+    m_n = round(head.selector.importance_ratio * 8)
+    assert m_n == 6 and index.shape == (4, 8)
+    # interpolation reaches half a voxel into column 4; a uniform draw would give columns 0-4 with p = (5/8)^24
+    assert (index[:, :m_n] % 8 <= 4).all(), index
+
+
 def test_training_points_follow_the_uncertain_point_selection():
     head = _head(num_points=8).train()
     torch.manual_seed(1)
