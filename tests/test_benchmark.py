@@ -276,6 +276,7 @@ def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnune
     first = results / "nnUNetTrainer_BM1x3v1b2w4s5__nnUNetPlans__2d" / "fold_0"
     log = next(first.glob("training_log_*.txt")).read_text()
     assert "training augmentation restarted: 2 ordered workers with seeds [5000, 5001]" in log
+    assert "validation augmentation restarted: 1 ordered workers with seeds [5500]" in log
     loss = lambda text: re.search(r"train_loss (-?[0-9.]+)", text).group(1)  # noqa: E731
     other = next((results / "nnUNetTrainer_BM1x3v1b2w4s6__nnUNetPlans__2d" / "fold_0").glob("training_log_*.txt"))
     assert loss(other.read_text()) != loss(log)

@@ -129,11 +129,12 @@ class BudgetMixin:
                                                   num_output_channels, enable_deep_supervision)
 
     def get_dataloaders(self):
-        from nnunetv2_ext.nnunet_adapters.augmenters import seeded_augmenter
+        from nnunetv2_ext.nnunet_adapters.augmenters import VALIDATION_OFFSET, seeded_augmenter
         loaders = super().get_dataloaders()
         out = []
-        for kind, loader, seed in zip(("training", "validation"), loaders, (self.seed, self.seed + 100)):
-            seeded, how = seeded_augmenter(loader, seed + 1000 * (self.local_rank if self.is_ddp else 0))
+        seed = self.seed + 1000 * (self.local_rank if self.is_ddp else 0)
+        for kind, loader, offset in zip(("training", "validation"), loaders, (0, VALIDATION_OFFSET)):
+            seeded, how = seeded_augmenter(loader, seed, offset)
             self.print_to_log_file(f"benchmark seed {self.seed}: {kind} augmentation {how}")
             out.append(seeded)
         return tuple(out)

@@ -20,11 +20,16 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 
-def worker_seeds(seed: int, num_processes: int) -> List[int]:
-    return [seed * 1000 + i for i in range(num_processes)]
+VALIDATION_OFFSET = 500
 
 
-def seeded_augmenter(augmenter, seed: int) -> Tuple[object, str]:
+def worker_seeds(seed: int, num_processes: int, offset: int = 0) -> List[int]:
+    """One seed per worker, ``seed * 1000 + offset + i``: runs with different seeds never share a worker's stream
+    (``seed + i`` would give seed 1's second worker the stream of seed 2's first)."""
+    return [seed * 1000 + offset + i for i in range(num_processes)]
+
+
+def seeded_augmenter(augmenter, seed: int, offset: int = 0) -> Tuple[object, str]:
     """(augmenter with fixed per-worker seeds and ordered batches, what was done, for the log).
 
     nnU-Net's ``get_dataloaders`` has already started its unseeded workers (and consumed one warm-up batch): they
@@ -39,7 +44,7 @@ def seeded_augmenter(augmenter, seed: int) -> Tuple[object, str]:
         return augmenter, f"kept: {inner.num_processes} ordered workers seeded by the trainer's loader {inner.seeds}"
     if isinstance(augmenter, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
         augmenter._finish()
-        seeds = worker_seeds(seed, augmenter.num_processes)
+        seeds = worker_seeds(seed, augmenter.num_processes, offset)
         seeded = MultiThreadedAugmenter(augmenter.generator, augmenter.transform, augmenter.num_processes,
                                         num_cached_per_queue=2, seeds=seeds, pin_memory=augmenter.pin_memory)
         _ = next(seeded)  # nnU-Net's warm-up, as in its get_dataloaders

@@ -25,6 +25,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunetv2_ext.nnunet_adapters.augmenters import VALIDATION_OFFSET, worker_seeds
 from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.distributed import gather_scores, rank_and_world
 from nnunetv2_ext.sampling.exact_scoring import score_units
@@ -36,7 +37,7 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     initial_patch_size, patch_size, transforms, **common)`` returns the training data loader. Returns the two
     augmenters (training, validation) as nnU-Net's ``get_dataloaders`` builds them; with ``seed`` (default: the
     trainer's ``seed`` attribute, set by benchmark runs), workers return batches in a fixed order from fixed seeds
-    (``seed + i``; validation ``seed + 100 + i``), for repeatable runs."""
+    (``nnunet_adapters.augmenters.worker_seeds``), for repeatable runs."""
     if trainer.dataset_class is None:
         trainer.dataset_class = infer_dataset_class(trainer.preprocessed_dataset_folder)
     if seed is None:  # a benchmark run's seed (nnunetv2_ext.benchmark.budget) applies to every trainer's loaders
@@ -67,8 +68,9 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     pin = trainer.device.type == "cuda"
     if seed is not None:
         n_val = max(1, n_proc // 2)
-        return (MultiThreadedAugmenter(dl_tr, None, n_proc, 2, [seed + i for i in range(n_proc)], pin_memory=pin),
-                MultiThreadedAugmenter(dl_val, None, n_val, 2, [seed + 100 + i for i in range(n_val)], pin_memory=pin))
+        return (MultiThreadedAugmenter(dl_tr, None, n_proc, 2, worker_seeds(seed, n_proc), pin_memory=pin),
+                MultiThreadedAugmenter(dl_val, None, n_val, 2, worker_seeds(seed, n_val, VALIDATION_OFFSET),
+                                       pin_memory=pin))
     mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
                                             pin_memory=pin, wait_time=0.002)
     mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), num_cached=max(3, n_proc // 4),
