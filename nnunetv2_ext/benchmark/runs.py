@@ -228,6 +228,8 @@ def postprocess_trainer(cfg: BenchmarkConfig, work: WorkFolder, name: str, log: 
     """nnU-Net's postprocessing choice for one budget trainer (its folds' validation), applied to each fold's raw
     predictions; returns None when done, else the error."""
     folds = [str(f) for f in cfg.folds]
+    if all(os.path.isfile(os.path.join(prediction_folder(cfg, work, name, f, "pp"), ".complete")) for f in cfg.folds):
+        return None  # done before (possibly on another machine: the committed state has no checkpoints)
     pp_pkl = os.path.join(results_folder(cfg, name), f"crossval_results_folds_{'_'.join(folds)}", "postprocessing.pkl")
     if not os.path.isfile(pp_pkl):
         if _run_logged(["nnUNetv2_find_best_configuration", cfg.dataset, "-c", cfg.configuration, "-tr", name,
