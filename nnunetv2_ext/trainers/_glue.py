@@ -40,6 +40,7 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     (``nnunet_adapters.augmenters.worker_seeds``), for repeatable runs."""
     if trainer.dataset_class is None:
         trainer.dataset_class = infer_dataset_class(trainer.preprocessed_dataset_folder)
+    legacy = seed is not None  # an explicit seed keeps the earlier seed + i scheme (the cascade's committed runs)
     if seed is None:  # a benchmark run's seed (nnunetv2_ext.benchmark.budget) applies to every trainer's loaders
         seed = getattr(trainer, "seed", None)
     patch_size = trainer.configuration_manager.patch_size
@@ -68,9 +69,12 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     pin = trainer.device.type == "cuda"
     if seed is not None:
         n_val = max(1, n_proc // 2)
-        return (MultiThreadedAugmenter(dl_tr, None, n_proc, 2, worker_seeds(seed, n_proc), pin_memory=pin),
-                MultiThreadedAugmenter(dl_val, None, n_val, 2, worker_seeds(seed, n_val, VALIDATION_OFFSET),
-                                       pin_memory=pin))
+        if legacy:  # seed + i overlaps between seeds s and s + 1: not for repeated-seed comparisons
+            tr_seeds, val_seeds = [seed + i for i in range(n_proc)], [seed + 100 + i for i in range(n_val)]
+        else:
+            tr_seeds, val_seeds = worker_seeds(seed, n_proc), worker_seeds(seed, n_val, VALIDATION_OFFSET)
+        return (MultiThreadedAugmenter(dl_tr, None, n_proc, 2, tr_seeds, pin_memory=pin),
+                MultiThreadedAugmenter(dl_val, None, n_val, 2, val_seeds, pin_memory=pin))
     mt_train = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
                                             pin_memory=pin, wait_time=0.002)
     mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), num_cached=max(3, n_proc // 4),
