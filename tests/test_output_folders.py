@@ -104,8 +104,8 @@ def test_pseudolabel_never_replaces_another_dataset(tmp_path, nnunet_dirs, capsy
     with --overwrite; before the fix it was deleted and the pseudo-label dataset written under the same id."""
     from nnunetv2_ext.semisupervised.cli import pseudolabel_main
     raw = nnunet_dirs["nnUNet_raw"]
-    lab = raw / "Dataset942_Lab"
-    other = raw / "Dataset943_FLARE22"
+    lab = raw / "Dataset968_Lab"
+    other = raw / "Dataset969_FLARE22"
     for d in (lab / "imagesTr", lab / "labelsTr", other / "imagesUnlabeled"):
         d.mkdir(parents=True)
     for c in ("lab_0", "lab_1"):
@@ -122,7 +122,7 @@ def test_pseudolabel_never_replaces_another_dataset(tmp_path, nnunet_dirs, capsy
         a[2:5, 3:8, 3:8] = 1
         _write(d / "u.nii.gz", a)
         preds.append(str(d))
-    args = [*preds, "-o", str(tmp_path / "scores"), "--labelled-dataset", "942", "--output-dataset", "943",
+    args = [*preds, "-o", str(tmp_path / "scores"), "--labelled-dataset", "968", "--output-dataset", "969",
             "--threshold", "0.5", "--images", str(other / "imagesUnlabeled"), "-np", "1", "--no-progress",
             "--overwrite"]
     before = _snapshot(raw)
@@ -133,3 +133,5 @@ def test_pseudolabel_never_replaces_another_dataset(tmp_path, nnunet_dirs, capsy
     assert pseudolabel_main([*preds, "-o", preds[0], "--overwrite", "-np", "1", "--no-progress"]) == 2
     assert "is or contains the input" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "m0").iterdir()) == ["u.nii.gz"]
+    shutil.rmtree(lab)  # the session's nnUNet_raw is shared with other modules
+    shutil.rmtree(other)
