@@ -160,6 +160,7 @@ class DatasetConverter(ABC):
         Default (one image file readable by SimpleITK, optional label): the image geometry, and the label checked
         against it; stored as ``info["geometry"]``.
         """
+        require_scalar_voxels(case.images[0], "image")
         geometry = Geometry.from_file(case.images[0])
         if case.label is not None:
             self.check_label_geometry(case, geometry)
@@ -179,6 +180,7 @@ class DatasetConverter(ABC):
     # ---- helpers shared by the dataset modules -------------------------------------------------------------------
     def check_label_geometry(self, case: SourceCase, image: Geometry) -> Geometry:
         """Raises CaseError naming both geometries when the label does not describe the image's voxel grid."""
+        require_scalar_voxels(case.label, "label")
         label = Geometry.from_file(case.label)
         mismatch = grid_mismatch(image, label, self.geometry_tolerance)
         if mismatch is not None:
@@ -206,6 +208,18 @@ class DatasetConverter(ABC):
             out.CopyInformation(label)
             label = out
         sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(path), useCompression=True)
+
+
+def require_scalar_voxels(path: str, role: str) -> None:
+    """Raises CaseError when ``path`` stores more than one value per voxel (an RGB or vector image): CT and labels
+    are one scalar per voxel, and nnU-Net would read such a file as a vector image (header only, no pixel data)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise CaseError(f"{role} {Path(path).name} has {components} components per voxel (an RGB or vector "
+                        f"image); expected one grey value per voxel")
 
 
 def present_values(array: np.ndarray) -> np.ndarray:

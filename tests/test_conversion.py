@@ -366,6 +366,22 @@ def test_flare22_labelled_unlabelled_and_validation(private_nnunet_dirs, tmp_pat
     assert all(e["file"] is None for e in entries.values()) and "FLARE22_Un_00002" in entries
 
 
+def test_flare22_refuses_rgb_images_before_writing(private_nnunet_dirs, tmp_path):
+    """An RGB (3-component) file given as CT would be written as a vector image: refused, naming the case."""
+    synthetic.make_flare22(tmp_path, labeled=(1, 2), unlabeled=(1,), validation=())
+    image_path = next(tmp_path.rglob("FLARE22_Tr_0002_0000.nii.gz"))
+    grey = sitk.ReadImage(str(image_path))
+    rgb = sitk.Compose([sitk.Cast(grey, sitk.sitkUInt8)] * 3)
+    rgb.CopyInformation(grey)
+    sitk.WriteImage(rgb, str(image_path))
+    raw = private_nnunet_dirs["nnUNet_raw"]
+    with pytest.raises(BadCasesError) as err:
+        run_conversion(FLARE22Converter(str(tmp_path)), 946, num_processes=1)
+    problems = {p.identifier: p.reason for p in err.value.report.problems}
+    assert list(problems) == ["FLARE22_Tr_0002"] and "3 components per voxel" in problems["FLARE22_Tr_0002"]
+    assert not list(raw.glob("Dataset946_*")) and _no_leftovers(raw)
+
+
 # ------------------------------------------------------------------ interruptions
 def test_truncated_msd_json_killed_conversion_and_stale_temporaries(private_nnunet_dirs, tmp_path):
     """A cut dataset.json is a clear error; SIGTERM during a conversion leaves no temporary folder (exit 130);

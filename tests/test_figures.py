@@ -43,3 +43,25 @@ def test_sampling_progress_figure_after_nnunet_style(tmp_path):
     finally:
         matplotlib.rcdefaults()
     assert (tmp_path / "sampling_progress.png").stat().st_size > 0
+
+
+def test_error_overlay_draws_false_positives_only_slice_in_blue():
+    """A slice whose only error is extra voxels (no reference, no image) was drawn all black by nnU-Net's
+    generate_overlay (its rescaling divides by the constant background's range): issue 20 item 7."""
+    import numpy as np
+
+    from nnunetv2_ext.evaluation.figures import OVERLAY_COLOURS, error_overlay
+    reference = np.zeros((20, 20), bool)
+    prediction = np.zeros((20, 20), bool)
+    prediction[5:9, 5:9] = True
+    rgb = error_overlay(reference, prediction)
+    assert rgb.shape == (20, 20, 3) and rgb.dtype == np.uint8
+    extra, rest = rgb[prediction], rgb[~prediction]
+    assert (extra[:, 2] > 150).all() and (extra[:, 2] > extra[:, 0] + 80).all()  # blue where the extras are
+    assert (rest == rest[0]).all() and 0 < rest[0, 0] < 80  # a dark, not black, background elsewhere
+    # missed voxels red, agreement green, over an image; a constant image does not break the blend
+    reference[5:7, 5:9] = True
+    reference[12:14, 12:14] = True
+    rgb = error_overlay(reference, prediction, image=np.full((20, 20), 40.0))
+    assert np.argmax(rgb[5, 5]) == 1 and np.argmax(rgb[12, 12]) == 0 and np.argmax(rgb[8, 8]) == 2
+    assert set(OVERLAY_COLOURS) == {"agreement", "missed", "extra"}

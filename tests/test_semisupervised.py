@@ -210,7 +210,8 @@ def test_cli_writes_dataset_with_selected_pseudo_labels(predictions, tmp_path, n
 @pytest.mark.parametrize("problem, message", [
     ("missing_case", "different cases"), ("geometry", "origin"), ("threshold", "threshold"),
     ("no_labelled", "does not exist"), ("exists", "exists"), ("one_folder", "at least two"),
-    ("unknown_label", "labels"), ("no_rule", "threshold or --top-fraction")])
+    ("unknown_label", "labels"), ("no_rule", "threshold or --top-fraction"),
+    ("image_size", "image size (8, 10, 11)"), ("image_spacing", "spacing")])
 def test_cli_bad_input_exit_2_nothing_written(predictions, tmp_path, nnunet_dirs, capsys, problem, message):
     raw = nnunet_dirs["nnUNet_raw"]
     if not (raw / "Dataset942_Lab").exists():
@@ -236,6 +237,13 @@ def test_cli_bad_input_exit_2_nothing_written(predictions, tmp_path, nnunet_dirs
         extra = ["-djfile", str(dj)]
     elif problem == "no_rule":
         extra = extra[:4]
+    elif problem in ("image_size", "image_spacing"):  # --images whose grid is not the predictions'
+        (tmp_path / "images").mkdir()
+        for i in range(3):
+            _write(tmp_path / "images" / f"case_{i}_0000.nii.gz",
+                   np.ones((8, 10, 11 if problem == "image_size" else 10)),
+                   spacing=(1.0, 1.0, 3.0 if problem == "image_spacing" else 2.0))
+        extra += ["--images", str(tmp_path / "images")]
     out = tmp_path / "out"
     try:
         assert pseudolabel_main(folders + ["-o", str(out), "-np", "1", "--no-progress"] + extra) == 2

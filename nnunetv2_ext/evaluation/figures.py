@@ -15,7 +15,7 @@ from nnunetv2_ext.evaluation.metrics import METRICS, badness
 from nnunetv2_ext.figure_style import own_style
 
 #: overlay codes -> colours: agreement (TP) green, missed (FN) red, extra (FP) blue
-_OVERLAY_COLOURS = ("00c000", "ff2020", "2070ff")  # nnU-Net's hex_to_rgb takes no "#"
+OVERLAY_COLOURS = {"agreement": (0.0, 0.75, 0.0), "missed": (1.0, 0.13, 0.13), "extra": (0.13, 0.44, 1.0)}
 _PERCENT = ("DSC", "IoU", "precision", "recall", "specificity", "NSD")
 
 
@@ -68,6 +68,28 @@ def _image_file(images_folder: Optional[str], case: str, file_ending: str) -> Op
     return path if os.path.isfile(path) else None
 
 
+def error_overlay(reference: np.ndarray, prediction: np.ndarray, image: Optional[np.ndarray] = None,
+                  opacity: float = 0.6) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of one slice: agreement green, missed (false negative) red, extra (false positive) blue
+    (``OVERLAY_COLOURS``), blended with ``opacity`` over the image (clipped to its 0.5-99.5 percentiles) or, without
+    an image, over a dark background with the reference a little lighter.
+
+    Our own blend rather than nnU-Net's ``generate_overlay``: that one rescales by the background's range, and a
+    constant background (no image, a slice without reference: the false-positive-only case) becomes NaN, drawn black.
+    """
+    reference, prediction = np.asarray(reference, bool), np.asarray(prediction, bool)
+    if image is not None:
+        low, high = np.percentile(image, (0.5, 99.5))
+        grey = (np.clip(image, low, high) - low) / (high - low) if high > low else np.full(image.shape, 0.5)
+    else:
+        grey = 0.15 + 0.2 * reference
+    rgb = np.repeat(np.asarray(grey, np.float64)[..., None], 3, axis=-1)
+    for mask, name in ((reference & prediction, "agreement"), (reference & ~prediction, "missed"),
+                       (~reference & prediction, "extra")):
+        rgb[mask] = (1 - opacity) * rgb[mask] + opacity * np.asarray(OVERLAY_COLOURS[name])
+    return np.round(rgb * 255).astype(np.uint8)
+
+
 def default_images_folder(ref_folder: str) -> Optional[str]:
     """imagesTr / imagesTs beside a labelsTr / labelsTs reference folder, if it exists."""
     ref_folder = os.path.normpath(os.path.abspath(ref_folder))
@@ -81,10 +103,9 @@ def default_images_folder(ref_folder: str) -> Optional[str]:
 @own_style
 def write_worst_case_overlays(result: EvaluationResult, output_folder: str, k: int = 3, label=None,
                               images_folder: Optional[str] = None) -> List[str]:
-    """One PNG per worst case by DSC (missed structures first): the axial slice with the most wrong voxels, the CT
-    (channel 0 from ``images_folder``; without it the reference mask as background) with agreement green, missed
-    red and extra blue. Returns the paths written."""
-    from nnunetv2.utilities.overlay_plots import generate_overlay
+    """One PNG per worst case by DSC (missed structures first): the axial slice with the most wrong voxels (false
+    positives and false negatives alike), drawn by :func:`error_overlay` over the CT (channel 0 from
+    ``images_folder``) or, without it, over the reference. Returns the paths written."""
     from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
 
     plt = _pyplot()
@@ -103,23 +124,16 @@ def write_worst_case_overlays(result: EvaluationResult, output_folder: str, k: i
         r, p = region_or_label_to_mask(ref, spec.value), region_or_label_to_mask(pred, spec.value)  # z, y, x
         wrong = (r ^ p).reshape(r.shape[0], -1).sum(1)
         z = int(np.argmax(wrong)) if wrong.any() else int(np.argmax(r.reshape(r.shape[0], -1).sum(1)))
-        code = np.zeros(r.shape[1:], dtype=np.uint8)
-        code[r[z] & p[z]], code[r[z] & ~p[z]], code[~r[z] & p[z]] = 1, 2, 3
         image_file = _image_file(images_folder, case, file_ending)
-        if image_file is not None:
-            image = reader_cls().read_images((image_file,))[0][0][z].astype(np.float32)
-            low, high = np.percentile(image, (0.5, 99.5))
-            background = np.clip(image, low, high)
-        else:
-            background = r[z].astype(np.float32) * 0.3
-        background = background - background.min() + 1.0  # generate_overlay divides by the maximum
-        overlay = generate_overlay(background, code, mapping={1: 0, 2: 1, 3: 2}, color_cycle=_OVERLAY_COLOURS,
-                                   overlay_intensity=0.6)
+        image = (reader_cls().read_images((image_file,))[0][0][z].astype(np.float32) if image_file is not None
+                 else None)
+        overlay = error_overlay(r[z], p[z], image)
         fig, ax = plt.subplots(figsize=(5, 5.4))
         ax.imshow(overlay)
         ax.set_axis_off()
         ax.set_title(f"{case}, label {spec.name}, slice {z}: DSC {dsc[i] * 100:.1f} %\n"
-                     f"green: agreement, red: missed, blue: extra", fontsize=8)
+                     f"green: agreement, red: missed ({int((r[z] & ~p[z]).sum())} voxels), "
+                     f"blue: extra ({int((~r[z] & p[z]).sum())} voxels)", fontsize=8)
         path = os.path.join(output_folder, f"worst_{len(paths) + 1}_{case}_{spec.name}.png".replace(os.sep, "_"))
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)

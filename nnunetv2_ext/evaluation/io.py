@@ -157,7 +157,7 @@ def reader_class(dataset_json: Optional[dict], file_ending: str, example_file: s
         raise EvaluationInputError(f"nnU-Net has no reader for {example_file}: {e}") from e
 
 
-def _geometry(properties: dict) -> Dict[str, np.ndarray]:
+def geometry_from_properties(properties: dict) -> Dict[str, np.ndarray]:
     geometry = {"spacing": np.asarray(properties["spacing"], dtype=float)}
     for key, sub in properties.items():  # sitk_stuff (origin, direction, ...), nibabel_stuff (affines)
         if isinstance(sub, dict):
@@ -184,7 +184,7 @@ def read_segmentation(reader: BaseReaderWriter, case: str, file: str, role: str
         seg, properties = reader.read_seg(file)
     except Exception as e:  # any reader error: name the case and the file
         raise EvaluationInputError(f"case {case}: cannot read {role} {file}: {e}") from e
-    return _as_labels(seg[0], case, role), _geometry(properties)
+    return _as_labels(seg[0], case, role), geometry_from_properties(properties)
 
 
 def read_case(reader: BaseReaderWriter, case: str, ref_file: str, pred_file: str

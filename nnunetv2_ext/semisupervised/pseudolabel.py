@@ -32,8 +32,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
-from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_difference, guess_file_ending,
-                                        read_segmentation, reader_class)
+from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_difference,
+                                        geometry_from_properties, guess_file_ending, read_segmentation, reader_class)
+from nnunetv2_ext.file_checks import TruncatedFileError, check_complete
 from nnunetv2_ext.figure_style import own_style
 from nnunetv2_ext.io_atomic import mark_folder
 from nnunetv2_ext.semisupervised.consensus import averaged_from_probabilities, check_level, consensus_score
@@ -385,12 +386,40 @@ def plan_dataset(labelled_id: int, output_id: int, selected: Sequence[str], pred
     if missing:
         raise PseudoLabelError(f"{len(missing)} selected case(s) have no image in {images_folder} with "
                                f"{num_channels} channel(s): {'; '.join(missing[:5])}")
+    for case in selected:  # an image on another grid than its pseudo-label would make a broken training case
+        _check_image_grid(pred, case, images[case])
     splits = labelled_splits(labelled, list(lcases))
     if splits is not None:
         unknown = sorted({c for fold in splits for c in fold["train"] + fold["val"]} - set(lcases))
         if unknown:
             raise PseudoLabelError(f"the labelled dataset's splits name cases it does not have: {unknown[:5]}")
     return DatasetPlan(labelled, ljson, lcases, target, existing, images, splits)
+
+
+def _check_image_grid(pred: PredictionSet, case: str, image_files: List[str]) -> None:
+    """Raises PseudoLabelError when the case's image (all channels) is not on the grid of its first prediction:
+    shape, spacing, origin and direction as nnU-Net's reader reports them."""
+    reader = reader_class(pred.dataset_json, pred.file_ending, pred.files[0][case])()
+    try:
+        seg, seg_geometry = read_segmentation(reader, case, pred.files[0][case], f"prediction in {pred.folders[0]}")
+        for f in image_files:
+            check_complete(f)
+        data, properties = reader.read_images(image_files)
+    except (EvaluationInputError, TruncatedFileError) as e:
+        raise PseudoLabelError(str(e)) from e
+    except Exception as e:  # any reader error: name the case and the files
+        raise PseudoLabelError(f"case {case}: cannot read image {', '.join(image_files)}: {e}") from e
+    if tuple(data.shape[1:]) != tuple(seg.shape):
+        raise PseudoLabelError(f"case {case}: image size {tuple(data.shape[1:])} ({image_files[0]}) differs from "
+                               f"the prediction's {tuple(seg.shape)} ({pred.files[0][case]}); give the images "
+                               f"that were predicted")
+    image_geometry = geometry_from_properties(properties)
+    key = geometry_difference(seg_geometry, image_geometry)
+    if key is not None:
+        other = image_geometry.get(key)
+        raise PseudoLabelError(f"case {case}: image and prediction differ in {key}: "
+                               f"{None if other is None else other.tolist()} ({image_files[0]}) vs "
+                               f"{seg_geometry[key].tolist()} ({pred.files[0][case]})")
 
 
 def _link_or_copy(src: str, dst: str, copy: bool) -> None:
