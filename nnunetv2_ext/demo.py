@@ -24,22 +24,25 @@ import shutil
 import sys
 import time
 
+from nnunetv2_ext.io_atomic import OutputFolderError, check_output_folder, mark_folder, written_by_us
 from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
 from nnunetv2_ext.pipeline import Pipeline, comparison_markdown, flatten, nnunet_env
 
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID:03d}_Phantom"
 TRAINERS = ("nnUNetTrainerDemo", "nnUNetTrainerPNSSHESSDemo")
-MARKER = ".nnunetv2_ext_demo"
-OWN = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "pred", "flat", "demo_log.txt", "demo_results.md")
+LEGACY_MARKER = ".nnunetv2_ext_demo"
+OWN = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "pred", "flat", "demo_log.txt", "demo_results.md",
+       LEGACY_MARKER)
 
 
-def prepare_work_dir(work: str) -> bool:
-    """Creates ``work`` (or empties what an earlier demo run left in it); False, touching nothing, for any other
-    existing non-empty folder."""
-    if os.path.exists(work) and (not os.path.isdir(work) or
-                                 (os.listdir(work) and not os.path.isfile(os.path.join(work, MARKER)))):
-        return False
+def prepare_work_dir(work: str, overwrite: bool = False) -> None:
+    """Creates ``work`` by the package's output-folder rule (``io_atomic.check_output_folder``: new or empty is fine;
+    with files only with ``overwrite`` and only when the demo wrote it), then removes what an earlier demo run left
+    (only the demo's own entries). Raises OutputFolderError, touching nothing."""
+    if overwrite and os.path.isfile(os.path.join(work, LEGACY_MARKER)) and written_by_us(work) is None:
+        mark_folder(work, "nnUNetv2_ext_demo")  # a work folder of a demo from before the shared marker
+    check_output_folder(work, [], overwrite, "--work-dir")
     os.makedirs(work, exist_ok=True)
     for name in OWN:
         path = os.path.join(work, name)
@@ -47,8 +50,7 @@ def prepare_work_dir(work: str) -> bool:
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
-    open(os.path.join(work, MARKER), "w").close()
-    return True
+    mark_folder(work, "nnUNetv2_ext_demo")
 
 
 def main(argv=None) -> None:
@@ -57,8 +59,11 @@ def main(argv=None) -> None:
                                             "realistic phantom and compare them on held-out cases, raw and after "
                                             "nnU-Net's postprocessing.")
     p.add_argument("--work-dir", default="demo_output",
-                   help="folder for nnUNet_raw/preprocessed/results and predictions; created by the demo (a folder "
-                        "it did not create is refused), reused by later demo runs (default demo_output)")
+                   help="folder for nnUNet_raw/preprocessed/results and predictions (default demo_output); a new or "
+                        "empty folder, or with --overwrite one the demo wrote before (a folder it did not write is "
+                        "never touched)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rerun in a --work-dir of an earlier demo run, replacing its results")
     p.add_argument("--processes", type=int, default=2, help="augmentation workers, nnUNet_n_proc_DA (default 2)")
     p.add_argument("-device", choices=("cpu", "cuda", "mps"), default="cpu",
                    help="device for training and prediction, as nnUNetv2_train's -device (default cpu)")
@@ -68,9 +73,10 @@ def main(argv=None) -> None:
     if hasattr(sys.stdout, "reconfigure"):  # the table has '±': never crash on an ASCII-only locale
         sys.stdout.reconfigure(errors="backslashreplace")
     work = os.path.abspath(a.work_dir)
-    if not prepare_work_dir(work):
-        p.exit(2, f"{p.prog}: error: --work-dir {work} exists, is not empty and was not created by the demo; "
-                  f"choose another folder (nothing was changed)\n")
+    try:
+        prepare_work_dir(work, a.overwrite)
+    except OutputFolderError as e:
+        p.exit(2, f"{p.prog}: error: {e} (nothing was changed)\n")
     env = nnunet_env(work, a.processes)
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     log = os.path.join(work, "demo_log.txt")

@@ -10,6 +10,10 @@ The rule (:func:`check_output_folder`), checked before any work starts:
 - a folder with files needs ``--overwrite``, and then only a folder this package wrote itself (it carries the
   marker file :data:`MARKER`) is replaced: ``--overwrite`` never deletes a folder of someone else's files.
 
+Resumable work folders (``nnUNetv2_ext_benchmark -o``, ``nnUNetv2_ext_self_train --work-dir``) follow the same rule
+with "continue" in place of "replace" (:func:`check_work_folder`): new or empty is fine, a folder of our own is
+continued, a folder of someone else's files is refused with the same message.
+
 :func:`write_folder_atomically` writes into a hidden sibling folder and renames it into place at the end, so a failure
 or a kill leaves no half-written output and keeps an old one.
 """
@@ -55,24 +59,48 @@ def written_by_us(folder: str) -> Optional[str]:
         return None
 
 
-def check_output_folder(folder: str, inputs: Iterable[Optional[str]] = (), overwrite: bool = False,
-                        option: str = "-o") -> None:
-    """Raises :class:`OutputFolderError` when ``folder`` may not be written (the module's rule)."""
+def _check_inputs_and_kind(folder: str, inputs: Iterable[Optional[str]], option: str) -> bool:
+    """Refuses an output that is or contains an input, or that exists and is not a folder; True when it holds files."""
     clash = overlapping_input(folder, inputs)
     if clash is not None:
         raise OutputFolderError(f"the output folder {folder} ({option}) is or contains the input "
                                 f"{clash}; writing there would replace the input: give another {option}")
-    if os.path.exists(folder):
-        if not os.path.isdir(folder):
-            raise OutputFolderError(f"the output {folder} ({option}) exists and is not a folder")
-        if os.listdir(folder):
-            if not overwrite:
-                raise OutputFolderError(f"the output folder {folder} ({option}) exists and holds files; pass "
-                                        f"--overwrite to replace it (or give another {option})")
-            if written_by_us(folder) is None:
-                raise OutputFolderError(f"the output folder {folder} ({option}) holds files that nnunetv2_ext did "
-                                        f"not write (no {MARKER}); --overwrite only replaces our own output "
-                                        f"folders: give another {option} or empty it yourself")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputFolderError(f"the output {folder} ({option}) exists and is not a folder")
+    return os.path.isdir(folder) and bool(os.listdir(folder))
+
+
+def _foreign(folder: str, option: str, what: str) -> OutputFolderError:
+    return OutputFolderError(f"the output folder {folder} ({option}) holds files that nnunetv2_ext did not write "
+                             f"(no {MARKER}); {what}: give another {option} or empty it yourself")
+
+
+def check_output_folder(folder: str, inputs: Iterable[Optional[str]] = (), overwrite: bool = False,
+                        option: str = "-o") -> None:
+    """Raises :class:`OutputFolderError` when ``folder`` may not be written (the module's rule)."""
+    if _check_inputs_and_kind(folder, inputs, option):
+        if not overwrite:
+            raise OutputFolderError(f"the output folder {folder} ({option}) exists and holds files; pass "
+                                    f"--overwrite to replace it (or give another {option})")
+        if written_by_us(folder) is None:
+            raise _foreign(folder, option, "--overwrite only replaces our own output folders")
+    _check_writable(folder, option)
+
+
+def check_work_folder(folder: str, inputs: Iterable[Optional[str]] = (), option: str = "-o",
+                      own_files: Iterable[str] = ()) -> bool:
+    """The rule for resumable work folders: True when ``folder`` holds earlier work of ours (our marker, or one of
+    ``own_files``, e.g. a state file written before markers existed), which the command then continues; False for a
+    new or empty folder. Raises :class:`OutputFolderError` for an input clash or a folder of someone else's files."""
+    if _check_inputs_and_kind(folder, inputs, option):
+        if written_by_us(folder) is not None or any(os.path.isfile(os.path.join(folder, f)) for f in own_files):
+            return True
+        raise _foreign(folder, option, "a work folder is only continued when it is our own")
+    _check_writable(folder, option)
+    return False
+
+
+def _check_writable(folder: str, option: str) -> None:
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

@@ -246,7 +246,7 @@ def test_bad_input_refused_before_anything_is_written(phantom_2d, tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     p = _bench(base + ["-o", foreign])
-    assert p.returncode == 2 and "not a benchmark of ours" in p.stdout
+    assert p.returncode == 2 and "nnunetv2_ext did not write" in p.stdout
     assert sorted(os.listdir(foreign)) == ["notes.txt"]
 
 

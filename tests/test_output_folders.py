@@ -3,6 +3,7 @@ refused even with --overwrite; an empty folder is fine; a folder with files need
 when nnunetv2_ext wrote it. Each data-loss case of the reliability issue is checked here: before the fix, each of
 these commands deleted its input and exited 0."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -135,3 +136,76 @@ def test_pseudolabel_never_replaces_another_dataset(tmp_path, nnunet_dirs, capsy
     assert sorted(p.name for p in (tmp_path / "m0").iterdir()) == ["u.nii.gz"]
     shutil.rmtree(lab)  # the session's nnUNet_raw is shared with other modules
     shutil.rmtree(other)
+
+
+# ------------------------------------------------------------------------------- one rule, every folder command
+def _labelled_with_unlabelled(raw, dataset_id):
+    lab = raw / f"Dataset{dataset_id}_Lab"
+    for d in (lab / "imagesTr", lab / "labelsTr", lab / "imagesUnlabeled"):
+        d.mkdir(parents=True)
+    for c in ("lab_0", "lab_1"):
+        _write(lab / "imagesTr" / f"{c}_0000.nii.gz", np.ones((6, 12, 12)))
+        _write(lab / "labelsTr" / f"{c}.nii.gz", np.zeros((6, 12, 12)))
+    _write(lab / "imagesUnlabeled" / "u_0000.nii.gz", np.ones((6, 12, 12)))
+    (lab / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0,
+                                                  "organ": 1}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    return lab
+
+
+def _exit_code(call):
+    try:
+        return call()
+    except SystemExit as e:  # argparse-style exits (the demo)
+        return e.code
+
+
+def test_one_output_rule_for_every_command(folders, tmp_path, nnunet_dirs, capsys):
+    """Issue 20 item 11: every command that writes a folder follows one rule with one message. A folder of someone
+    else's files is refused (also with --overwrite); an existing empty folder is accepted; a folder with files
+    needs --overwrite (report commands) or is continued when it is our own (work-folder commands)."""
+    from nnunetv2_ext.benchmark.cli import main as benchmark_main
+    from nnunetv2_ext.demo import main as demo_main
+    from nnunetv2_ext.demo import prepare_work_dir
+    from nnunetv2_ext.evaluation.cli import compare_main, evaluate_main
+    from nnunetv2_ext.semisupervised.cli import pseudolabel_main, self_train_main
+    ref, pred, pred2 = folders
+    lab = _labelled_with_unlabelled(nnunet_dirs["nnUNet_raw"], 967)
+    quiet = ["-np", "1", "--no-progress"]
+    commands = {  # name -> (run(out, *extra) -> exit code, "report" (replaced with --overwrite) or "work")
+        "evaluate": (lambda o, *x: evaluate_main([str(ref), str(pred), "-o", o, *x, *quiet, "--overlays", "0"]),
+                     "report"),
+        "compare": (lambda o, *x: compare_main([str(ref), str(pred), str(pred2), "-o", o, *x, *quiet]), "report"),
+        "pseudolabel": (lambda o, *x: pseudolabel_main([str(pred), str(pred2), "-o", o, *x, *quiet]), "report"),
+        "demo": (lambda o, *x: demo_main(["--work-dir", o, *x]), "report"),
+        "benchmark": (lambda o, *x: benchmark_main(["-d", "967", "-c", "2d", "-tr", "nnUNetTrainer", "--epochs", "1",
+                                                    "-o", o, *x]), "work"),
+        "self_train": (lambda o, *x: self_train_main(["-d", "967", "-c", "2d", "-o", "966", "-f", "0", "1",
+                                                      "--top-fraction", "0.5", "-device", "cpu", "--dry-run",
+                                                      "--work-dir", o, *x]), "work"),
+    }
+    try:
+        for name, (run, kind) in commands.items():
+            foreign = tmp_path / f"foreign_{name}"
+            foreign.mkdir()
+            (foreign / "thesis.txt").write_text("keep me")
+            for extra in ((["--overwrite"], []) if kind == "report" else ([],)):
+                assert _exit_code(lambda: run(str(foreign), *extra)) == 2, (name, extra)
+                err = capsys.readouterr().err
+                expected = ("--overwrite to replace it" if kind == "report" and not extra
+                            else "holds files that nnunetv2_ext did not write")
+                assert expected in err, (name, extra, err)
+                assert sorted(os.listdir(foreign)) == ["thesis.txt"], name
+            empty = tmp_path / f"empty_{name}"
+            empty.mkdir()
+            if name == "demo":  # the demo would train: its folder step alone
+                prepare_work_dir(str(empty))
+                continue
+            code = _exit_code(lambda: run(str(empty)))
+            err = capsys.readouterr().err
+            assert "output folder" not in err, (name, err)
+            if name == "benchmark":  # past the folder rule, it stops at the missing plans
+                assert code == 2 and "nnUNetv2_plan_and_preprocess" in err, err
+            else:
+                assert code == 0, (name, err)
+    finally:
+        shutil.rmtree(lab)

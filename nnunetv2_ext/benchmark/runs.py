@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from nnunetv2_ext.benchmark.budget import Budget, budget_name
+from nnunetv2_ext.io_atomic import check_work_folder, mark_folder
 
 CONFIG_NAME = "benchmark.json"
 
@@ -100,7 +101,9 @@ class WorkFolder:
             return BenchmarkConfig(**json.load(f))
 
     def check(self, cfg: BenchmarkConfig) -> None:
-        """A new or empty folder, or one holding a benchmark of the same settings (which is then continued)."""
+        """A new or empty folder, or one holding a benchmark of the same settings (which is then continued); the
+        package's work-folder rule (``io_atomic.check_work_folder``) refuses a folder of someone else's files."""
+        check_work_folder(self.path, option="-o", own_files=(CONFIG_NAME,))
         if os.path.isfile(self.config_file()):
             old = self.load()
             if old.key() != cfg.key():
@@ -108,9 +111,6 @@ class WorkFolder:
                 raise BenchmarkError(f"the work folder {self.path} holds a benchmark with other settings "
                                      f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                                      f"give another -o, or the same settings to continue it")
-        elif os.path.isdir(self.path) and os.listdir(self.path):
-            raise BenchmarkError(f"the work folder {self.path} exists and holds files that are not a benchmark of "
-                                 f"ours; give a new or empty folder")
 
     def save(self, cfg: BenchmarkConfig) -> None:
         self.check(cfg)
@@ -119,6 +119,7 @@ class WorkFolder:
         os.makedirs(self.path, exist_ok=True)
         with open(self.config_file(), "w", encoding="utf-8") as f:
             json.dump(asdict(cfg), f, indent=1)
+        mark_folder(self.path, "nnUNetv2_ext_benchmark")
 
     def status_file(self, run: Run) -> str:
         return os.path.join(self.path, "runs", f"{run.index:03d}.json")

@@ -34,6 +34,7 @@ from nnunetv2_ext.semisupervised.pseudolabel import (MANIFEST_NAME, UNLABELLED_I
                                                      check_selection, find_dataset_folder, raw_folder,
                                                      run_pseudolabel)
 from nnunetv2_ext.semisupervised.consensus import check_level
+from nnunetv2_ext.io_atomic import OutputFolderError, check_work_folder, mark_folder
 
 STATE_NAME = "self_train_state.json"
 
@@ -139,6 +140,10 @@ class SelfTrainRunner:
         self.work = os.path.abspath(c.work_dir or join(os.environ["nnUNet_results"], "self_training",
                                                        self.labelled_name))
         self.state_file = join(self.work, STATE_NAME)
+        try:  # the package's work-folder rule: new, empty or our own (continued); never someone else's files
+            check_work_folder(self.work, [self.labelled, self.images], "--work-dir", own_files=(STATE_NAME,))
+        except OutputFolderError as e:
+            raise PseudoLabelError(str(e)) from None
         self._check_configuration_and_trainers()
         state = load_json(self.state_file) if isfile(self.state_file) else None
         if state is not None and state["settings"] != c.settings() and not state["rounds"]:
@@ -209,6 +214,7 @@ class SelfTrainRunner:
         if self.dry_run:
             return
         os.makedirs(self.work, exist_ok=True)
+        mark_folder(self.work, "nnUNetv2_ext_self_train")
         tmp = self.state_file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.state, f, indent=1)
