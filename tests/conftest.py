@@ -142,6 +142,81 @@ def user_trainers(folder, code: str, module: str = "user_trainers") -> dict:
     return {"nnUNet_extTrainer": str(folder)}
 
 
+# ------------------------------------------------------------------------------------------------- resume, sharing
+#: A mixin (code for a user's trainer module, see ``user_trainers``) that kills the training's whole process group
+#: (nnU-Net's augmentation workers included) after the first iteration of epoch $KILL_IN_EPOCH, as a cluster's time
+#: limit or an out-of-memory kill would: checkpoint_latest.pth then holds the end of the epoch before.
+KILL_DURING_EPOCH = """
+import os, signal
+
+
+class KillDuringEpoch:
+    def train_step(self, batch):
+        out = super().train_step(batch)
+        if os.environ.get("KILL_IN_EPOCH") == str(self.current_epoch):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        return out
+"""
+
+
+def epochs_in_logs(fold) -> list:
+    """Per nnU-Net training log of ``fold`` (oldest first): (epochs started, epochs finished) from its "Epoch N" and
+    "Epoch time" lines."""
+    import re
+    result = []
+    for path in sorted(pathlib.Path(fold).glob("training_log_*.txt")):
+        started, finished = [], []
+        for line in path.read_text().splitlines():
+            m = re.search(r": Epoch (\d+)\s*$", line)
+            if m:
+                started.append(int(m.group(1)))
+            elif "Epoch time:" in line and started:
+                finished.append(started[-1])
+        result.append((started, finished))
+    return result
+
+
+def check_killed_and_resumed(fold, num_epochs: int, kill_epoch: int) -> None:
+    """The run of ``fold`` was killed during ``kill_epoch`` and continued with ``--c``: two training logs; the first
+    finished epochs 0..kill_epoch-1 and started kill_epoch; the second started exactly there and finished every epoch
+    once (none skipped, none done twice); checkpoint_final.pth exists."""
+    logs = epochs_in_logs(fold)
+    assert len(logs) == 2, logs
+    (started1, finished1), (started2, finished2) = logs
+    assert finished1 == list(range(kill_epoch)) and started1 == list(range(kill_epoch + 1)), logs[0]
+    assert started2 == finished2 == list(range(kill_epoch, num_epochs)), logs[1]
+    assert (pathlib.Path(fold) / "checkpoint_final.pth").is_file()
+
+
+def export_install_predict(dataset_id, configuration: str, trainer: str, fold, images, predicted, tmp_path,
+                           env=None, extra=()) -> pathlib.Path:
+    """Shares a trained model as a challenge team does: ``nnUNetv2_export_model_to_zip``, then
+    ``nnUNetv2_install_pretrained_model_from_zip`` into an empty results folder, then ``nnUNetv2_predict`` from there
+    on ``images``; every label map must equal the one in ``predicted`` (the original model's prediction with the same
+    options). Returns the new prediction folder."""
+    import numpy as np
+    import SimpleITK as sitk
+    tmp_path = pathlib.Path(tmp_path)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    zip_file = tmp_path / "model.zip"
+    run_cmd(["nnUNetv2_export_model_to_zip", "-d", dataset_id, "-o", zip_file, "-c", configuration, "-tr", trainer,
+             "-f", fold, "-chk", "checkpoint_final.pth"], env=env)
+    results = tmp_path / "installed_results"
+    results.mkdir()
+    env = dict(env or {}, nnUNet_results=str(results))
+    run_cmd(["nnUNetv2_install_pretrained_model_from_zip", zip_file], env=env)
+    out = tmp_path / "pred_installed"
+    run_cmd(["nnUNetv2_predict", "-i", images, "-o", out, "-d", dataset_id, "-c", configuration, "-f", fold,
+             "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", *extra], env=env)
+    expected = sorted(p.name for p in pathlib.Path(predicted).glob("*.nii.gz"))
+    assert expected and sorted(p.name for p in out.glob("*.nii.gz")) == expected
+    for name in expected:
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(pathlib.Path(predicted) / name)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(out / name)))
+        np.testing.assert_array_equal(a, b, err_msg=f"{trainer}: {name} differs after export/install")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- folders
 def _nnunet_folders(base: pathlib.Path) -> dict:
     dirs = {k: base / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}

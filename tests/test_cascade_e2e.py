@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import re
-import subprocess
+import signal
 import textwrap
 
 import numpy as np
@@ -21,7 +21,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import TEST_ENV, run_cmd
+from conftest import (KILL_DURING_EPOCH, check_killed_and_resumed, export_install_predict, run_cmd,
+                      run_process)
 
 pytestmark = pytest.mark.e2e
 
@@ -31,12 +32,11 @@ TRAINER = "nnUNetTrainerCascadeTumorTiny"
 TRAINER_3D = "nnUNetTrainerCascadeTumorTiny3dTest"
 
 # the 3d trainer of this test: 4 epochs x 6 iterations (S, I, J, J); CASCADE_TEST_STOP_AFTER_EPOCH simulates a kill
-TRAINERS_3D = textwrap.dedent('''
-    import os
+TRAINERS_3D = KILL_DURING_EPOCH + textwrap.dedent('''
     from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny
 
 
-    class nnUNetTrainerCascadeTumorTiny3dTest(nnUNetTrainerCascadeTumorTiny):
+    class nnUNetTrainerCascadeTumorTiny3dTest(KillDuringEpoch, nnUNetTrainerCascadeTumorTiny):
         tiny_num_epochs = 4
         tiny_iterations_per_epoch = 6
         tiny_val_iterations_per_epoch = 1
@@ -44,12 +44,6 @@ TRAINERS_3D = textwrap.dedent('''
         crop_margin = (2, 6, 6)  # z, y, x: the 16 x 32 x 32 patch, stage 2's stride (4, 8, 8)
         separate_fraction = 0.25
         joint_reference_fraction = 0.25
-
-        def on_epoch_end(self):
-            super().on_epoch_end()
-            stop = os.environ.get("CASCADE_TEST_STOP_AFTER_EPOCH")
-            if stop is not None and self.current_epoch == int(stop):
-                raise SystemExit(17)  # as if killed: checkpoint_latest.pth of the finished epochs exists
 ''')
 
 
@@ -94,9 +88,8 @@ def run_3d(phantom_3d, nnunet_dirs, tmp_path_factory):
     from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
     env = {"nnUNet_extTrainer": os.pathsep.join([str(trainers), TRAINER_SEARCH_FOLDER])}
     cmd = ["nnUNetv2_train", str(CASCADE_3D_ID), "3d_fullres", "0", "-tr", TRAINER_3D, "-device", "cpu"]
-    killed = subprocess.run(cmd, env={**os.environ, **TEST_ENV, **env, "CASCADE_TEST_STOP_AFTER_EPOCH": "2"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800)
-    assert killed.returncode != 0, killed.stdout[-3000:]
+    killed = run_process(cmd, timeout=1800, env=dict(env, KILL_IN_EPOCH="2"))  # in step J's first epoch
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
     resumed = run_cmd(cmd + ["--c"], timeout=1800, env=env)
     fold = next(nnunet_dirs["nnUNet_results"].glob(f"Dataset{CASCADE_3D_ID}_*/{TRAINER_3D}__nnUNetPlans__"
                                                    f"3d_fullres/fold_0"))
@@ -148,6 +141,13 @@ def test_2d_validation_and_prediction_log_name_every_case(run_2d):
         "predict_output"])
 
 
+def test_2d_model_shared_as_zip_predicts_the_same(run_2d, tmp_path):
+    """Issue 20 item 16: export, install into an empty results folder, predict: the same label maps (both stages and
+    the crop between them run from the installed model)."""
+    export_install_predict(CASCADE_ID, "2d", TRAINER, 0, run_2d["raw"] / "imagesTs", run_2d["pred"], tmp_path,
+                           extra=["--disable_tta"])
+
+
 def test_2d_prediction_geometry_and_quality(run_2d):
     """Repeatable run (seeded, workers in a fixed order): thresholds set below what it reaches and above what a
     cascade with a broken crop reaches (documented on the trainer page)."""
@@ -174,11 +174,12 @@ def test_2d_prediction_geometry_and_quality(run_2d):
 
 # ------------------------------------------------------------------ 3d_fullres, --c, empty stage 1
 def test_3d_resume_continues_in_the_right_step(run_3d):
-    assert "Cascade step S" in run_3d["killed_output"] and "Cascade step J" not in run_3d["killed_output"]
-    log = _training_log(run_3d["fold"])
-    steps = re.findall(r"Cascade step ([SIJ]):", log)
-    assert steps == ["S", "I", "J", "J"], steps  # epochs 0, 1 before the kill, 2, 3 after --c
-    assert (run_3d["fold"] / "checkpoint_final.pth").is_file()
+    """Killed during epoch 2 (the first of step J), continued with --c from the checkpoint of epoch 1: each epoch
+    finished once, and the resumed run is in the step of its epoch (the step follows the epoch)."""
+    check_killed_and_resumed(run_3d["fold"], 4, kill_epoch=2)
+    first, resumed = (re.findall(r"Cascade step ([SIJ]):", p.read_text())
+                      for p in sorted(run_3d["fold"].glob("training_log_*.txt")))
+    assert first == ["S", "I", "J"] and resumed == ["J", "J"], (first, resumed)
     assert json.loads((run_3d["fold"] / "validation" / "summary.json").read_text())["mean"].keys() == {"1", "2"}
     assert "crop margin K = (2, 6, 6) voxels = (6.0, 6.0, 6.0) mm" in log
 

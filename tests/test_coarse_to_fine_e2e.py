@@ -5,7 +5,7 @@ One module-scoped set-up on the session's phantom (conftest ``phantom_2d``: 10 t
 
 - ``nnUNetv2_train`` fold 0 with nnUNetTrainerCoarseToFineTiny (10 epochs x 25 iterations: steps S, I, J), the
   validation at the end with the iterative test, ``nnUNetv2_predict`` with the iterative test and its per-case log;
-- fold 1 with the MLN variant (2 iterations per epoch), interrupted after epoch 2 and resumed with
+- fold 1 with the MLN variant (2 iterations per epoch), killed during epoch 2 and resumed with
   ``nnUNetv2_train --c`` (it continues in step I, then J, and the MLN's boundary/pixel terms switch on at epoch 5);
   its end-of-training validation runs the MLN's iterative test.
 
@@ -13,37 +13,28 @@ One module-scoped set-up on the session's phantom (conftest ``phantom_2d``: 10 t
 """
 import json
 import re
+import signal
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PHANTOM_ID, run_cmd, user_trainers
+from conftest import (KILL_DURING_EPOCH, PHANTOM_ID, check_killed_and_resumed, export_install_predict, run_cmd,
+                      run_process, user_trainers)
 
 pytestmark = pytest.mark.e2e
 
 C2F_ID = PHANTOM_ID
 TRAINER = "nnUNetTrainerCoarseToFineTiny"
 RESUME_TRAINER = "nnUNetTrainerC2FMLNResumeTest"
-RESUME_TRAINER_CODE = '''
-import os
-import sys
-
+RESUME_TRAINER_CODE = KILL_DURING_EPOCH + '''
 from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineMLNTiny
 
 
-class nnUNetTrainerC2FMLNResumeTest(nnUNetTrainerCoarseToFineMLNTiny):
-    """10 epochs (S 1, I 3, J 6) of 2 iterations; $C2F_TEST_STOP_AFTER_EPOCH interrupts the run after that epoch's
-    checkpoint_latest.pth (as a killed job would), so that nnUNetv2_train --c has a real run to resume."""
+class nnUNetTrainerC2FMLNResumeTest(KillDuringEpoch, nnUNetTrainerCoarseToFineMLNTiny):
+    """10 epochs (S 1, I 3, J 6) of 2 iterations; $KILL_IN_EPOCH kills the run during that epoch."""
     tiny_iterations_per_epoch = 2
     tiny_val_iterations_per_epoch = 1
-
-    def on_epoch_end(self):
-        super().on_epoch_end()
-        stop = os.environ.get("C2F_TEST_STOP_AFTER_EPOCH")
-        if stop is not None and self.current_epoch == int(stop) + 1:
-            self.print_to_log_file(f"test: interrupted after epoch {stop}")
-            sys.exit(0)
 '''
 
 
@@ -66,13 +57,13 @@ def c2f_run(phantom_2d, nnunet_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mln_resumed_run(c2f_run, nnunet_dirs, tmp_path_factory):
-    """Fold 1 of the MLN variant, interrupted after epoch 2 (its checkpoint_latest.pth), then ``nnUNetv2_train --c``
-    (the trainer found through nnUNet_extTrainer, as a user's own subclass would be)."""
+    """Fold 1 of the MLN variant, killed during epoch 2 (its checkpoint_latest.pth is the one of epoch 1), then
+    ``nnUNetv2_train --c`` (the trainer found through nnUNet_extTrainer, as a user's own subclass would be)."""
     env = user_trainers(tmp_path_factory.mktemp("c2f_trainers"), RESUME_TRAINER_CODE, "c2f_resume_test")
     train = ["nnUNetv2_train", C2F_ID, "2d", "1", "-tr", RESUME_TRAINER, "-device", "cpu"]
-    first = run_cmd(train, timeout=900, env=dict(env, C2F_TEST_STOP_AFTER_EPOCH="2"))
+    first = run_process(train, timeout=900, env=dict(env, KILL_IN_EPOCH="2"))
     fold = _fold_dir(nnunet_dirs, RESUME_TRAINER, 1)
-    assert "interrupted after epoch 2" in first and not (fold / "checkpoint_final.pth").exists()
+    assert first.returncode == -signal.SIGKILL and not (fold / "checkpoint_final.pth").exists(), first.stdout[-3000:]
     resumed = run_cmd(train + ["--c"], timeout=900, env=env)
     return {"fold": fold, "train_output": resumed}
 
@@ -110,6 +101,12 @@ def test_validation_runs_the_iterative_test_and_logs_it_per_case(c2f_run):
     assert "summary: 2 cases, mean iterations" in _log(fold)
 
 
+def test_model_shared_as_zip_predicts_the_same(c2f_run, tmp_path):
+    """Issue 20 item 16: export, install into an empty results folder, predict (the iterative test runs from the
+    installed model): the same label maps."""
+    export_install_predict(C2F_ID, "2d", TRAINER, 0, c2f_run["raw"] / "imagesTs", c2f_run["pred"], tmp_path)
+
+
 def test_prediction_with_iterations_and_per_case_log(c2f_run):
     raw, pred = c2f_run["raw"], c2f_run["pred"]
     cases = sorted(p.name for p in (raw / "labelsTs").glob("*.nii.gz"))
@@ -134,17 +131,15 @@ def test_prediction_with_iterations_and_per_case_log(c2f_run):
 
 
 def test_resume_continues_in_the_right_step_with_the_mln(mln_resumed_run):
-    logs = sorted(mln_resumed_run["fold"].glob("training_log_*.txt"))
-    assert len(logs) == 2
-    first, resumed = (p.read_text() for p in logs)
+    check_killed_and_resumed(mln_resumed_run["fold"], 10, kill_epoch=2)
+    first, resumed = (p.read_text() for p in sorted(mln_resumed_run["fold"].glob("training_log_*.txt")))
     assert re.findall(r"Coarse-to-fine step ([SIJ]):", first) == ["S", "I", "I"]
     steps = re.findall(r"Coarse-to-fine step ([SIJ]):", resumed)
-    assert steps == ["I"] + ["J"] * 6, steps  # epochs 3..9 after --c: I [1, 4), J [4, 10)
+    assert steps == ["I"] * 2 + ["J"] * 6, steps  # epochs 2..9 after --c: I [1, 4), J [4, 10)
     weights = re.findall(r"loss weights coarse 1, fine 0.666667, region 1, boundary (\d), pixel (\d)", resumed)
-    assert weights == [("0", "0")] * 2 + [("1", "1")] * 5  # beta = gamma = 0 until epoch 5 (half the run), then 1
+    assert weights == [("0", "0")] * 3 + [("1", "1")] * 5  # beta = gamma = 0 until epoch 5 (half the run), then 1
     terms = re.findall(r"E_region (-?[0-9.a-z]+), E_boundary (-?[0-9.a-z]+), E_pixel (-?[0-9.a-z]+)", resumed)
-    assert len(terms) == 7 and terms[0][1] == "nan" and "nan" not in terms[-1]
-    assert (mln_resumed_run["fold"] / "checkpoint_final.pth").is_file()
+    assert len(terms) == 8 and terms[0][1] == "nan" and "nan" not in terms[-1]
 
 
 def test_mln_runs_the_iterative_test_in_validation(mln_resumed_run):

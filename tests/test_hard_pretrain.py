@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, run_cmd, run_process, user_trainers
+from conftest import (KILL_DURING_EPOCH, PHANTOM_ID, check_killed_and_resumed, export_install_predict, run_cmd,
+                      run_process, user_trainers)
 
 from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classify, stage2_pool,
                                                  stratified_split, units_of)
@@ -98,16 +99,12 @@ def test_flipped_units_are_mirrored(phantom_2d_loading):
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-KILLING_TRAINER = """
-import os, signal
+KILLING_TRAINER = KILL_DURING_EPOCH + """
 from nnunetv2_ext.trainers import nnUNetTrainerHardPretrainTiny
 
 
-class nnUNetTrainerHardPretrainTinyKilled(nnUNetTrainerHardPretrainTiny):
-    def save_checkpoint(self, filename):
-        super().save_checkpoint(filename)
-        if os.environ.get("KILL_AT_EPOCH") == str(self.current_epoch) and filename.endswith("checkpoint_latest.pth"):
-            os.killpg(os.getpgid(0), signal.SIGKILL)
+class nnUNetTrainerHardPretrainTinyKilled(KillDuringEpoch, nnUNetTrainerHardPretrainTiny):
+    pass
 """
 
 
@@ -118,19 +115,22 @@ def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, t
     name = "nnUNetTrainerHardPretrainTinyKilled"
     fold = nnunet_dirs["nnUNet_results"] / phantom_2d.name / f"{name}__nnUNetPlans__2d" / "fold_0"
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", name, "-device", "cpu"]
-    # killed right after the checkpoint of epoch 2, the first epoch of stage 2 (2 epochs per stage)
-    p = run_process(cmd, env=dict(user_env, KILL_AT_EPOCH="2"))
+    # killed during epoch 2, the first epoch of stage 2 (2 epochs per stage): after the classification, before any
+    # checkpoint of stage 2, so --c resumes from the end of stage 1 and must cross the switch again
+    p = run_process(cmd, env=dict(user_env, KILL_IN_EPOCH="2"))
     assert p.returncode == -signal.SIGKILL, p.stdout[-3000:]
     before = json.load(open(fold / "hard_pretrain_log.json"))
     assert before["stage1_epochs"] == 2 and before["classification"]["epoch"] == 2
+    assert torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"] == 2
     run_cmd(cmd + ["--c"], env=user_env)
+    check_killed_and_resumed(fold, T.tiny_num_epochs, kill_epoch=2)
     log = json.load(open(fold / "hard_pretrain_log.json"))
-    assert log == before  # resumed in stage 2 with the same split, scores and hard set (no second classification)
+    assert log == before  # the same split, scores and hard set when the stage-1 model classifies part A again
     cls = log["classification"]
     assert cls["n_hard"] > 0 and cls["n_scored"] == log["split"]["A"]["slices"]
-    train_log = "".join(open(f).read() for f in fold.glob("training_log_*.txt"))
-    assert train_log.count("part A classified") == 1 and "part A: " in train_log
-    assert (fold / "hard_pretrain.png").stat().st_size > 1000 and (fold / "checkpoint_final.pth").is_file()
+    first, resumed = (p.read_text() for p in sorted(fold.glob("training_log_*.txt")))
+    assert first.count("part A classified") == resumed.count("part A classified") == 1 and "part A: " in resumed
+    assert (fold / "hard_pretrain.png").stat().st_size > 1000
 
     # what was sampled: stage 1 only B's slices; stage 2 B's slices as they are and A's hard slices mirrored
     ids = json.load(open(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name / "splits_final.json"))[0]["train"]
@@ -151,6 +151,9 @@ def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, t
     run_cmd(["nnUNetv2_predict", "-i", phantom_2d / "imagesTs", "-o", pred, "-d", PHANTOM_ID, "-c", "2d", "-f", "0",
              "-tr", name, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env=user_env)
     assert len(list(pred.glob("*.nii.gz"))) == 2
+    # shared as a zip and installed elsewhere, the model predicts the same (issue 20 item 16)
+    export_install_predict(PHANTOM_ID, "2d", name, 0, phantom_2d / "imagesTs", pred, tmp_path / "shared", user_env,
+                           ["--disable_tta"])
 
 
 @pytest.mark.e2e  # nnUNetv2_train starts on the preprocessed phantom (the check needs its slice table)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, make_trainer, plan_and_preprocess, run_cmd, run_process, user_trainers
+from conftest import (PHANTOM_ID, export_install_predict, make_trainer, plan_and_preprocess, run_cmd, run_process,
+                      user_trainers)
 
 from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
 from nnunetv2_ext.sampling.slice_table import SliceTable
@@ -154,6 +155,9 @@ def test_pnsshess_2d_paper_epochs_kill_resume_find_best_ensemble_predict(phantom
     run_cmd(["nnUNetv2_predict", "-i", phantom_2d / "imagesTs", "-o", pred, "-d", PHANTOM_ID, "-c", "2d", "-f", "0",
              "-tr", name, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env=user_env)
     assert sorted(p.name for p in pred.glob("*.nii.gz")) == ["case_010.nii.gz", "case_011.nii.gz"]
+    # shared as a zip and installed into an empty results folder, the model predicts the same (issue 20 item 16)
+    export_install_predict(PHANTOM_ID, "2d", name, 0, phantom_2d / "imagesTs", pred, tmp_path / "shared", user_env,
+                           ["--disable_tta"])
 
 
 # ------------------------------------------------------------------------------------------------- 3d, regions, ignore

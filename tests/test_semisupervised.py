@@ -211,7 +211,7 @@ def test_cli_writes_dataset_with_selected_pseudo_labels(predictions, tmp_path, n
     ("missing_case", "different cases"), ("geometry", "origin"), ("threshold", "threshold"),
     ("no_labelled", "does not exist"), ("exists", "exists"), ("one_folder", "at least two"),
     ("unknown_label", "labels"), ("no_rule", "threshold or --top-fraction"),
-    ("image_size", "image size (8, 10, 11)"), ("image_spacing", "spacing")])
+    ("image_size", "image shape (8, 10, 11)"), ("image_spacing", "spacing")])
 def test_cli_bad_input_exit_2_nothing_written(predictions, tmp_path, nnunet_dirs, capsys, problem, message):
     raw = nnunet_dirs["nnUNet_raw"]
     if not (raw / "Dataset942_Lab").exists():

@@ -14,18 +14,20 @@ import json
 import os
 import pathlib
 import re
+import signal
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_trainer, plan_and_preprocess, run_cmd, user_trainers
+from conftest import (KILL_DURING_EPOCH, check_killed_and_resumed, export_install_predict, make_trainer,
+                      plan_and_preprocess, run_cmd, run_process, user_trainers)
 
 pytestmark = pytest.mark.e2e
 
 LABELLED_ID, ROUND1_ID = 948, 949
-TEST_TRAINERS = '''
+TEST_TRAINERS = KILL_DURING_EPOCH + '''
 import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -48,12 +50,8 @@ class nnUNetTrainerSemiTest(TinyTrainingMixin, nnUNetTrainer):
         self.print_to_log_file("final validation skipped (test trainer)")
 
 
-class nnUNetTrainerCPSTinyCrash(nnUNetTrainerCPSTiny):
-    """Dies at the start of epoch 2 when SEMI_CRASH is set (checkpoint_latest of epoch 1 is on disk)."""
-    def on_epoch_start(self):
-        if self.current_epoch == 2 and os.environ.get("SEMI_CRASH"):
-            raise RuntimeError("simulated crash")
-        super().on_epoch_start()
+class nnUNetTrainerCPSTinyCrash(KillDuringEpoch, nnUNetTrainerCPSTiny):
+    """Killed during epoch $KILL_IN_EPOCH (checkpoint_latest of the epoch before is on disk)."""
 '''
 
 
@@ -135,8 +133,8 @@ def test_self_train_bad_input_exit_2(semi_phantom, nnunet_dirs, tmp_path):
 def cps_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
     env = trainer_env
     train = ["nnUNetv2_train", LABELLED_ID, "2d", "0", "-tr", "nnUNetTrainerCPSTinyCrash", "-device", "cpu"]
-    with pytest.raises(AssertionError, match="simulated crash"):
-        run_cmd(train, timeout=900, env=dict(env, SEMI_CRASH="1"))
+    killed = run_process(train, timeout=900, env=dict(env, KILL_IN_EPOCH="2"))
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
     resumed = run_cmd(train + ["--c"], timeout=900, env=env)
     pred = tmp_path_factory.mktemp("cps_pred")
     run_cmd(["nnUNetv2_predict", "-i", semi_phantom / "imagesTs", "-o", pred, "-d", LABELLED_ID, "-c", "2d", "-f",
@@ -154,9 +152,7 @@ def _log(fold):
 def test_cps_resumes_with_c_and_samples_unlabelled_cases_in_two_workers(cps_run, semi_phantom):
     from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny as T
     log = _log(cps_run["fold"])
-    epochs = [int(e) for e in re.findall(r": Epoch (\d+)\s*$", log, re.M)]
-    assert epochs == [0, 1, 2, 3], epochs  # the crashed run did 0, 1; --c went on at 2
-    assert (cps_run["fold"] / "checkpoint_final.pth").exists()
+    check_killed_and_resumed(cps_run["fold"], T.tiny_num_epochs, kill_epoch=2)  # killed in 2, --c went on at 2
     unlabelled = {p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir()}
     lines = re.findall(r"CPS: L_sup\(A\) .*? (\d+) unlabelled patches from (\d+) of (\d+) unlabelled cases, built by "
                        r"worker pids \[([\d, ]+)\]", log)
@@ -164,9 +160,16 @@ def test_cps_resumes_with_c_and_samples_unlabelled_cases_in_two_workers(cps_run,
     for patches, cases, total, pids in lines:
         assert int(patches) == T.tiny_iterations_per_epoch * T.tiny_batch_size and int(total) == len(unlabelled)
         assert len(pids.split(",")) == 2  # nnUNet_n_proc_DA=2 workers built the batches
-    weights = [float(w) for w in re.findall(r"CPS weight lambda = ([\d.]+)", log)]
-    assert weights == pytest.approx([T.cps_weight(e, T.tiny_num_epochs) for e in range(4)], abs=1e-4)
+    weights = [float(w) for w in re.findall(r"CPS weight lambda = ([\d.]+)", log)]  # killed run: 0, 1, 2; resumed 2, 3
+    assert weights == pytest.approx([T.cps_weight(e, T.tiny_num_epochs) for e in (0, 1, 2, 2, 3)], abs=1e-4)
     assert "PlainConvUNet + ResidualEncoderUNet" in log
+
+
+def test_cps_model_shared_as_zip_predicts_the_same(cps_run, semi_phantom, tmp_path):
+    """Issue 20 item 16: export, install into an empty results folder, predict (both networks from the installed
+    checkpoint): the same label maps."""
+    export_install_predict(LABELLED_ID, "2d", "nnUNetTrainerCPSTinyCrash", 0, semi_phantom / "imagesTs",
+                           cps_run["pred"], tmp_path, env=cps_run["env"], extra=["--disable_tta"])
 
 
 def test_cps_prediction_is_the_mean_of_both_softmaxes(cps_run, semi_phantom):

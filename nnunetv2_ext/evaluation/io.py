@@ -176,6 +176,20 @@ def geometry_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> O
     return None
 
 
+def grid_mismatch_message(case: str, a: tuple, b: tuple) -> Optional[str]:
+    """Why two arrays of ``case`` are not on one voxel grid, or None. ``a`` and ``b`` are (role, file, shape,
+    geometry): the shapes must be equal and the geometries agree (:func:`geometry_difference`)."""
+    (role_a, file_a, shape_a, geometry_a), (role_b, file_b, shape_b, geometry_b) = a, b
+    if tuple(shape_a) != tuple(shape_b):
+        return f"case {case}: {role_a} shape {tuple(shape_a)} != {role_b} shape {tuple(shape_b)} ({file_a} vs {file_b})"
+    key = geometry_difference(geometry_a, geometry_b)
+    if key is None:
+        return None
+    other = geometry_b.get(key)
+    return (f"case {case}: {role_a} and {role_b} differ in {key}: {geometry_a[key].tolist()} vs "
+            f"{None if other is None else other.tolist()} ({file_a} vs {file_b})")
+
+
 def read_segmentation(reader: BaseReaderWriter, case: str, file: str, role: str
                       ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Label map (without nnU-Net's channel axis, smallest unsigned integer type) and its geometry."""
@@ -195,15 +209,10 @@ def read_case(reader: BaseReaderWriter, case: str, ref_file: str, pred_file: str
     arrays) and the spacing in mm per array axis."""
     ref, ref_geometry = read_segmentation(reader, case, ref_file, "reference")
     pred, pred_geometry = read_segmentation(reader, case, pred_file, "prediction")
-    if ref.shape != pred.shape:
-        raise EvaluationInputError(f"case {case}: reference shape {ref.shape} != prediction shape {pred.shape} "
-                                   f"({ref_file} vs {pred_file})")
-    key = geometry_difference(ref_geometry, pred_geometry)
-    if key is not None:
-        other = pred_geometry.get(key)
-        raise EvaluationInputError(f"case {case}: reference and prediction differ in {key}: "
-                                   f"{ref_geometry[key].tolist()} vs {None if other is None else other.tolist()} "
-                                   f"({ref_file} vs {pred_file})")
+    problem = grid_mismatch_message(case, ("reference", ref_file, ref.shape, ref_geometry),
+                                    ("prediction", pred_file, pred.shape, pred_geometry))
+    if problem is not None:
+        raise EvaluationInputError(problem)
     spacing = tuple(float(s) for s in ref_geometry["spacing"])
     if ref.ndim == 3 and ref.shape[0] == 1:  # nnU-Net stores 2D images as 1 x H x W: evaluate them in 2D
         ref, pred, spacing = ref[0], pred[0], spacing[1:]

@@ -32,8 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
-from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_difference,
-                                        geometry_from_properties, guess_file_ending, read_segmentation, reader_class)
+from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geometry_from_properties,
+                                        grid_mismatch_message, guess_file_ending, read_segmentation, reader_class)
 from nnunetv2_ext.file_checks import TruncatedFileError, check_complete
 from nnunetv2_ext.figure_style import own_style
 from nnunetv2_ext.io_atomic import mark_folder
@@ -165,15 +165,10 @@ def _read_maps(pred: PredictionSet, case: str):
         if first_geometry is None:
             first_geometry, first_shape = geometry, seg.shape
         else:
-            if seg.shape != first_shape:
-                raise PseudoLabelError(f"case {case}: shape {seg.shape} in {folder} != {first_shape} in "
-                                       f"{pred.folders[0]}")
-            key = geometry_difference(first_geometry, geometry)
-            if key is not None:
-                other = geometry.get(key)
-                raise PseudoLabelError(f"case {case}: {key} differs between {pred.folders[0]} "
-                                       f"({first_geometry[key].tolist()}) and {folder} "
-                                       f"({None if other is None else other.tolist()})")
+            problem = grid_mismatch_message(case, ("prediction", pred.folders[0], first_shape, first_geometry),
+                                            ("prediction", folder, seg.shape, geometry))
+            if problem is not None:
+                raise PseudoLabelError(problem)
         maps.append(seg)
     dtype = np.result_type(*[m.dtype for m in maps])
     return np.stack([m.astype(dtype, copy=False) for m in maps]), reader
@@ -409,17 +404,11 @@ def _check_image_grid(pred: PredictionSet, case: str, image_files: List[str]) ->
         raise PseudoLabelError(str(e)) from e
     except Exception as e:  # any reader error: name the case and the files
         raise PseudoLabelError(f"case {case}: cannot read image {', '.join(image_files)}: {e}") from e
-    if tuple(data.shape[1:]) != tuple(seg.shape):
-        raise PseudoLabelError(f"case {case}: image size {tuple(data.shape[1:])} ({image_files[0]}) differs from "
-                               f"the prediction's {tuple(seg.shape)} ({pred.files[0][case]}); give the images "
-                               f"that were predicted")
-    image_geometry = geometry_from_properties(properties)
-    key = geometry_difference(seg_geometry, image_geometry)
-    if key is not None:
-        other = image_geometry.get(key)
-        raise PseudoLabelError(f"case {case}: image and prediction differ in {key}: "
-                               f"{None if other is None else other.tolist()} ({image_files[0]}) vs "
-                               f"{seg_geometry[key].tolist()} ({pred.files[0][case]})")
+    problem = grid_mismatch_message(case, ("image", image_files[0], data.shape[1:],
+                                           geometry_from_properties(properties)),
+                                    ("prediction", pred.files[0][case], seg.shape, seg_geometry))
+    if problem is not None:
+        raise PseudoLabelError(f"{problem}; give the images that were predicted")
 
 
 def _link_or_copy(src: str, dst: str, copy: bool) -> None:
