@@ -85,15 +85,17 @@ class Pipeline:
         return seconds
 
 
-def connected_components(folder: str) -> Dict[str, int]:
-    """Foreground connected components (26-connectivity) per predicted case."""
+def connected_components(folder: str, ref_folder: Optional[str] = None) -> Dict[str, list]:
+    """Foreground connected components (``evaluation.components``, full connectivity) per predicted case; with
+    ``ref_folder``, each knows whether it touches the reference and its slice distance from the reference's slab."""
     import SimpleITK as sitk
-    from scipy.ndimage import label
+    from nnunetv2_ext.evaluation.components import components
     out = {}
     for f in sorted(os.listdir(folder)):
         if f.endswith(".nii.gz"):
             seg = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, f)))
-            out[f[:-7]] = int(label(seg > 0, structure=np.ones((3, 3, 3)))[1])
+            ref = None if ref_folder is None else sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(ref_folder, f)))
+            out[f[:-7]] = components(seg, ref)
     return out
 
 
@@ -123,13 +125,19 @@ def comparison_markdown(ref: str, folders: Dict[str, str], dataset_json: str, wa
     label_key = next(iter(comp["labels"]))
     dsc = comp["labels"][label_key]["metrics"]["DSC"]
     rows = ["| trainer | DSC mean ± std [min, max] | worst-10 % DSC | precision | recall | HD95 mm | components / case "
-            "[max] | Δ DSC vs " + names[0] + " [95 % CI] | Δ worst-10 % [95 % CI] | wall time (min) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "[max] | false-positive components / case (≥ 3 slices from the organ) | Δ DSC vs " + names[0] +
+            " [95 % CI] | Δ worst-10 % [95 % CI] | wall time (min) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    fp_per_case = {}
     pct = lambda v: f"{100 * v:+.2f}"  # noqa: E731
     for n in names:
         r = results[n]
         d = r.values("DSC") * 100
-        comps = connected_components(folders[n])
+        found = connected_components(folders[n], ref)
+        comps = {c: len(v) for c, v in found.items()}
+        fps = [[x for x in v if not x.touches_reference] for v in found.values()]
+        fp_per_case[n] = np.mean([len(v) for v in fps])
+        far = np.mean([sum(1 for x in v if x.slice_distance is not None and x.slice_distance >= 3) for v in fps])
         hd = r.describe("HD95")
         hd_txt = f"{hd['mean']:.1f}" + (f" ({hd['n_missed']} missed)" if hd.get("n_missed") else "")
         if n == names[0]:
@@ -146,7 +154,14 @@ def comparison_markdown(ref: str, folders: Dict[str, str], dataset_json: str, wa
         rows.append(f"| {n} | {d.mean():.2f} ± {d.std(ddof=1):.2f} [{d.min():.2f}, {d.max():.2f}] | "
                     f"{100 * dsc['methods'][n]['worst_fraction_mean']:.2f} | {prec_txt} | "
                     f"{100 * r.values('recall').mean():.2f} | {hd_txt} | {np.mean(list(comps.values())):.1f} "
-                    f"[{max(comps.values())}] | {delta} | {dw} | {wall_minutes.get(n, float('nan')):.1f} |")
+                    f"[{max(comps.values())}] | {fp_per_case[n]:.1f} ({far:.1f}) | {delta} | {dw} | "
+                    f"{wall_minutes.get(n, float('nan')):.1f} |")
+    more = [n for n in names[1:] if fp_per_case[n] > fp_per_case[names[0]]]
+    if more:
+        rows += ["", f"Reading: {', '.join(more)} {'returns' if len(more) == 1 else 'return'} more false-positive "
+                     f"components per case than {names[0]} ({', '.join(f'{fp_per_case[n]:.1f}' for n in more)} vs "
+                     f"{fp_per_case[names[0]]:.1f}): spurious islands; nnU-Net's postprocessing (largest component, "
+                     f"when find_best_configuration chose it) removes them."]
     if hard_cases:
         rows += ["", f"Hard held-out cases, DSC (%) per {'/'.join(keys)}:", "",
                  "| trainer | " + " | ".join(f"{c} ({k})" for c, k in hard_cases.items()) + " |",

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cmd, run_process, user_trainers
-from nnunetv2_ext.benchmark.budget import (Budget, BudgetError, budget_name, make_budget_trainer, parse_name,
+from nnunetv2_ext.benchmark.budget import (Budget, BudgetError, budget_name, kept_checkpoint, kept_epochs,
+                                           make_budget_trainer, parse_name,
                                            resolve, scaled_features)
 from nnunetv2_ext.benchmark.splits import (SplitError, grouped_splits, groups_from_file, groups_from_regex,
                                            write_splits)
@@ -27,8 +28,12 @@ def test_budget_names_round_trip_and_bad_values():
     assert "__" not in name  # nnU-Net splits result folder names at "__"
     assert parse_name(name) == ("nnUNetTrainerPNSSHESS_MLL", b)
     assert parse_name("nnUNetTrainerPNSSHESS_a01_b1") is None
+    kept = Budget(30, 50, 5, 8, 8, 2, keep_every=10)  # weights kept after epochs 10 and 20 (30: checkpoint_final)
+    assert budget_name("nnUNetTrainer", kept) == "nnUNetTrainer_BM30x50v5b8w8s2k10"
+    assert parse_name("nnUNetTrainer_BM30x50v5b8w8s2k10") == ("nnUNetTrainer", kept)
+    assert kept_epochs(kept) == [10, 20] and kept_epochs(b) == [] and kept_checkpoint(10) == "checkpoint_epoch_10.pth"
     for kwargs, word in (({"epochs": 0}, "epochs"), ({"seed": 0}, "seed"), ({"batch": -1}, "batch"),
-                         ({"iterations": 0}, "iterations"), ({"width": -2}, "width")):
+                         ({"iterations": 0}, "iterations"), ({"width": -2}, "width"), ({"keep_every": -1}, "keep")):
         with pytest.raises(BudgetError, match=word):
             Budget(**dict(dict(epochs=1, iterations=1), **kwargs))
     # the plans' 32-64-...-512 network at first-stage width 8 (hand-computed); 0 keeps it
@@ -259,8 +264,8 @@ def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnune
     env = dict(os.environ, nnUNet_n_proc_DA="2", OMP_NUM_THREADS="1")
     work = tmp_path / "bench"
     args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainer", "-f", "0", "--seeds",
-            "5", "6", "--epochs", "1", "--iterations", "3", "--val-iterations", "1", "--batch", "2", "--width", "4",
-            "-device", "cpu", "--disable-tta", "-o", work]
+            "5", "6", "--epochs", "2", "--iterations", "3", "--val-iterations", "1", "--batch", "2", "--width", "4",
+            "--keep-checkpoints-every", "1", "-device", "cpu", "--disable-tta", "-o", work]
     p = _bench(args + ["--list"], env=env)
     assert p.returncode == 0 and len(re.findall(r"to do", p.stdout)) == 2, p.stdout
     run_cmd(["nnUNetv2_ext_benchmark", *map(str, args), "--run-index", "0"], env=env)
@@ -268,22 +273,27 @@ def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnune
     out = run_cmd(["nnUNetv2_ext_benchmark", *map(str, args)], env=env)
     assert "run 0:" not in out  # finished runs are never repeated
     report = (work / "report" / "report.md").read_text()
-    assert "Runs finished: 2 of 2" in report and report.count("| nnUNetTrainer | 2 |") == 2, report
+    assert "Runs finished: 2 of 2" in report, report
+    assert report.count("| nnUNetTrainer | 2 |") == 3, report  # 2 seeds in the raw and pp tables; after epoch 2
     data = json.loads((work / "report" / "report.json").read_text())
     assert len(data["per_case"]["pp"]["nnUNetTrainer"]["DSC"]) == 2  # two seeds x the held-out cases
+    # the weights after epoch 1 were kept and predicted: the report follows the held-out set over training
+    assert "false-positive components / case" in report and "## Over training" in report
+    assert re.search(r"\| nnUNetTrainer \| 1 \| [0-9.]+ ± [0-9.]+ \|", report) and "| nnUNetTrainer | 2 |" in report
+    assert (work / "predictions" / "nnUNetTrainer_BM2x3v1b2w4s5k1" / "fold_0" / "epoch_1" / ".complete").is_file()
     # what the seed controls, with workers on
     results = nnunet_dirs["nnUNet_results"] / phantom_2d.name
-    first = results / "nnUNetTrainer_BM1x3v1b2w4s5__nnUNetPlans__2d" / "fold_0"
+    first = results / "nnUNetTrainer_BM2x3v1b2w4s5k1__nnUNetPlans__2d" / "fold_0"
     log = next(first.glob("training_log_*.txt")).read_text()
     assert "training augmentation restarted: 2 ordered workers with seeds [5000, 5001]" in log
     assert "validation augmentation restarted: 1 ordered workers with seeds [5500]" in log
     loss = lambda text: re.search(r"train_loss (-?[0-9.]+)", text).group(1)  # noqa: E731
-    other = next((results / "nnUNetTrainer_BM1x3v1b2w4s6__nnUNetPlans__2d" / "fold_0").glob("training_log_*.txt"))
+    other = next((results / "nnUNetTrainer_BM2x3v1b2w4s6k1__nnUNetPlans__2d" / "fold_0").glob("training_log_*.txt"))
     assert loss(other.read_text()) != loss(log)
     again = tmp_path / "again_results"
-    run_cmd(["nnUNetv2_train", PHANTOM_ID, "2d", "0", "-tr", "nnUNetTrainer_BM1x3v1b2w4s5", "-device", "cpu"],
+    run_cmd(["nnUNetv2_train", PHANTOM_ID, "2d", "0", "-tr", "nnUNetTrainer_BM2x3v1b2w4s5k1", "-device", "cpu"],
             env=dict(env, nnUNet_results=str(again)))
-    repeat = next((again / phantom_2d.name / "nnUNetTrainer_BM1x3v1b2w4s5__nnUNetPlans__2d" / "fold_0")
+    repeat = next((again / phantom_2d.name / "nnUNetTrainer_BM2x3v1b2w4s5k1__nnUNetPlans__2d" / "fold_0")
                   .glob("training_log_*.txt")).read_text()
     assert loss(repeat) == loss(log)
     shutil.rmtree(again)

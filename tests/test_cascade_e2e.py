@@ -181,7 +181,7 @@ def test_3d_resume_continues_in_the_right_step(run_3d):
                       for p in sorted(run_3d["fold"].glob("training_log_*.txt")))
     assert first == ["S", "I", "J"] and resumed == ["J", "J"], (first, resumed)
     assert json.loads((run_3d["fold"] / "validation" / "summary.json").read_text())["mean"].keys() == {"1", "2"}
-    assert "crop margin K = (2, 6, 6) voxels = (6.0, 6.0, 6.0) mm" in log
+    assert "crop margin K = (2, 6, 6) voxels = (6.0, 6.0, 6.0) mm" in _training_log(run_3d["fold"])
 
 
 def test_3d_prediction_and_empty_stage1_case(run_3d):

@@ -33,7 +33,9 @@ def test_table_counts_empty_predictions_and_components(tmp_path):
     json.dump({"labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz", "channel_names": {"0": "CT"},
                "numTraining": 3}, open(dj, "w"))
 
-    assert connected_components(bad) == {"a": 2, "b": 1, "c": 0}
+    assert {c: len(v) for c, v in connected_components(bad).items()} == {"a": 2, "b": 1, "c": 0}
+    far = [c for c in connected_components(bad, ref)["a"] if not c.touches_reference]
+    assert len(far) == 1 and far[0].voxels == 1 and far[0].slice_distance == 7 - 5  # reference slab: slices 2..5
     flat = {n: flatten({"f0": f}, str(tmp_path / "flat" / n)) for n, f in (("ref", ref), ("plain", good),
                                                                             ("method", bad))}
     md = comparison_markdown(flat.pop("ref"), flat, dj, {"plain": 1.0}, {"c": "low_contrast"}, ["f0"],
@@ -49,8 +51,11 @@ def test_table_counts_empty_predictions_and_components(tmp_path):
     # precision: mean over the two non-empty predictions (the one with an extra voxel is < 100), empty one counted
     assert method[2].endswith("(1 empty)") and 98 < float(method[2].split()[0]) < 100
     assert plain[5] == "1.0 [1]" and method[5] == "1.0 [2]"  # components per case [max]
-    assert plain[6] == "–" and method[6].startswith("-33.")  # paired Δ DSC vs the first trainer
-    assert plain[8] == "1.0" and method[8] == "nan"  # wall time only where measured
+    # false-positive components per case (≥ 3 slices from the organ): case a's extra voxel, 2 slices below the slab
+    assert plain[6] == "0.0 (0.0)" and method[6] == "0.3 (0.0)"
+    assert "Reading: method returns more false-positive components per case than plain (0.3 vs 0.0)" in md
+    assert plain[7] == "–" and method[7].startswith("-33.")  # paired Δ DSC vs the first trainer
+    assert plain[9] == "1.0" and method[9] == "nan"  # wall time only where measured
     assert "| plain | 100.0 |" in md and "| method | 0.0 |" in md  # the hard case, per key
 
 

@@ -2,7 +2,8 @@
 
 ``nnUNetTrainerHESS_BM30x50v5b8w8s2`` is ``nnUNetTrainerHESS`` trained for 30 epochs of 50 iterations (5 validation
 iterations per epoch), batch 8, a network whose first stage has 8 features (the plans' later stages scaled by the same
-factor) and seed 2. The name is all nnU-Net needs: ``nnUNetv2_train`` and ``nnUNetv2_predict`` look the trainer up by
+factor) and seed 2. An optional ``k5`` at the end keeps the weights after every 5th epoch (``checkpoint_epoch_5.pth``
+...), so that the benchmark can follow the predictions over training. The name is all nnU-Net needs: ``nnUNetv2_train`` and ``nnUNetv2_predict`` look the trainer up by
 name through ``nnUNet_extTrainer``, our trainer-path module resolves names of this form with :func:`resolve` (a
 module ``__getattr__``), and every run gets its own result folder (``<name>__nnUNetPlans__2d``), so seeds never
 overwrite each other. No trainer code is written into files or strings; a user's trainer (found through their own
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 SUFFIX = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z0-9_]*?)_BM(?P<epochs>\d+)x(?P<iterations>\d+)v(?P<val_iterations>\d+)"
-                    r"b(?P<batch>\d+)w(?P<width>\d+)s(?P<seed>\d+)$")
+                    r"b(?P<batch>\d+)w(?P<width>\d+)s(?P<seed>\d+)(?:k(?P<keep_every>\d+))?$")
 
 
 class BudgetError(ValueError):
@@ -44,12 +45,15 @@ class Budget:
     batch: int = 0
     width: int = 0
     seed: int = 1
+    keep_every: int = 0
+    """Keep the weights after every ``keep_every``-th epoch (``checkpoint_epoch_<n>.pth``), so that predictions
+    can be followed over training; 0 = nnU-Net's checkpoints only."""
 
     def __post_init__(self):
         for name in ("epochs", "iterations", "val_iterations", "seed"):
             if getattr(self, name) < 1:
                 raise BudgetError(f"budget {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("batch", "width"):
+        for name in ("batch", "width", "keep_every"):
             if getattr(self, name) < 0:
                 raise BudgetError(f"budget {name} must be >= 0 (0 = the plans' value), got {getattr(self, name)}")
 
@@ -63,7 +67,8 @@ class Budget:
 
 def budget_name(base: str, budget: Budget) -> str:
     b = budget
-    return f"{base}_BM{b.epochs}x{b.iterations}v{b.val_iterations}b{b.batch}w{b.width}s{b.seed}"
+    keep = f"k{b.keep_every}" if b.keep_every else ""
+    return f"{base}_BM{b.epochs}x{b.iterations}v{b.val_iterations}b{b.batch}w{b.width}s{b.seed}{keep}"
 
 
 def parse_name(name: str) -> Optional[tuple]:
@@ -71,7 +76,17 @@ def parse_name(name: str) -> Optional[tuple]:
     m = SUFFIX.match(name)
     if m is None:
         return None
-    return m.group("base"), Budget(**{k: int(v) for k, v in m.groupdict().items() if k != "base"})
+    return m.group("base"), Budget(**{k: int(v) for k, v in m.groupdict().items() if k != "base" and v is not None})
+
+
+def kept_checkpoint(epochs_done: int) -> str:
+    """File name of the weights kept after ``epochs_done`` epochs (``Budget.keep_every``)."""
+    return f"checkpoint_epoch_{epochs_done}.pth"
+
+
+def kept_epochs(budget: Budget) -> list:
+    """Epoch counts after which weights are kept (the last epoch's are checkpoint_final.pth)."""
+    return list(range(budget.keep_every, budget.epochs, budget.keep_every)) if budget.keep_every else []
 
 
 def scaled_features(features_per_stage, width: int) -> list:
@@ -106,6 +121,13 @@ class BudgetMixin:
             np.random.seed(seed)
             torch.manual_seed(seed)
         super().initialize()
+
+    def on_epoch_end(self):
+        done = self.current_epoch + 1
+        if self.budget.keep_every and done % self.budget.keep_every == 0 and done < self.num_epochs \
+                and self.local_rank == 0:
+            self.save_checkpoint(os.path.join(self.output_folder, kept_checkpoint(done)))
+        super().on_epoch_end()
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=0, help="batch size (default 0: the plans')")
     p.add_argument("--width", type=int, default=0, help="features of the first stage, later stages scaled alike "
                                                         "(default 0: the plans')")
+    p.add_argument("--keep-checkpoints-every", type=int, default=0, metavar="K",
+                   help="keep the weights after every K-th epoch and predict the held-out set with each, so that the "
+                        "report follows DSC and false-positive components over training (default 0: off)")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("-device", "--device", default="cuda", choices=("cpu", "cuda", "mps"), help="as nnUNetv2_train")
     p.add_argument("--test", choices=("imagesTs", "validation"), default="imagesTs",
@@ -76,11 +79,16 @@ def _config_from_args(a) -> BenchmarkConfig:
         raise BenchmarkError("--seeds, -tr and -f must not repeat a value")
     if a.baseline is not None and a.baseline not in a.trainers:
         raise BenchmarkError(f"--baseline {a.baseline} is not one of -tr {a.trainers}")
-    Budget(a.epochs, a.iterations, a.val_iterations, a.batch, a.width, 1)  # raises BudgetError naming the value
+    Budget(a.epochs, a.iterations, a.val_iterations, a.batch, a.width, 1, a.keep_checkpoints_every)  # names the value
+    if a.keep_checkpoints_every and a.test != "imagesTs":
+        raise BenchmarkError("--keep-checkpoints-every needs the held-out set (--test imagesTs)")
+    if a.keep_checkpoints_every >= a.epochs:
+        raise BenchmarkError(f"--keep-checkpoints-every {a.keep_checkpoints_every} keeps nothing in {a.epochs} epochs")
+    keep = {"keep_every": a.keep_checkpoints_every} if a.keep_checkpoints_every else {}  # older work folders: no key
     return BenchmarkConfig(dataset=_dataset_name(a.dataset), configuration=a.configuration, trainers=list(a.trainers),
                            folds=list(a.folds), seeds=list(a.seeds),
                            budget=dict(epochs=a.epochs, iterations=a.iterations, val_iterations=a.val_iterations,
-                                       batch=a.batch, width=a.width),
+                                       batch=a.batch, width=a.width, **keep),
                            plans=a.plans, device=a.device, test=a.test, tta=not a.disable_tta,
                            group_regex=a.group_regex, groups_file=os.path.abspath(a.groups) if a.groups else None,
                            baseline=a.baseline)

@@ -14,7 +14,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from nnunetv2_ext.benchmark.runs import BenchmarkConfig, Run, WorkFolder, plan_runs, prediction_folder
+from nnunetv2_ext.benchmark.budget import kept_epochs
+from nnunetv2_ext.benchmark.runs import (BenchmarkConfig, Run, WorkFolder, epoch_kind, plan_runs,
+                                         prediction_folder)
 from nnunetv2_ext.benchmark.stats import (hierarchical_bootstrap_difference, mean_statistic, min_statistic,
                                           per_seed, worst_statistic)
 
@@ -28,38 +30,55 @@ def _reference_folder(cfg: BenchmarkConfig) -> str:
     return os.path.join(os.environ["nnUNet_preprocessed"], cfg.dataset, "gt_segmentations")
 
 
-def components_per_case(folder: str, dataset_json: dict) -> Dict[str, int]:
-    """Foreground connected components per predicted case (full connectivity in 2D and 3D)."""
-    from scipy.ndimage import label
+#: per-case component counts (``evaluation.components``): all components, false-positive ones (not touching the
+#: reference), their voxels, and the false-positive components by slice distance from the reference's slab
+COMPONENT_METRICS = ("components", "fp_components", "fp_voxels", "fp_d0", "fp_d1_2", "fp_d3_5", "fp_d6plus")
+
+
+def component_metrics(folder: str, ref: str, dataset_json: dict) -> Dict[str, Dict[str, float]]:
+    """case -> :data:`COMPONENT_METRICS` of the predictions in ``folder`` against the references in ``ref``."""
+    from nnunetv2_ext.evaluation.components import components
     from nnunetv2_ext.evaluation.io import files_by_case, read_segmentation, reader_class
     ending = dataset_json["file_ending"]
     files = files_by_case(folder, ending)
+    refs = files_by_case(ref, ending)
     if not files:
         return {}
     reader = reader_class(dataset_json, ending, next(iter(files.values())))()
     out = {}
     for case, f in files.items():
         seg, _ = read_segmentation(reader, case, f, "prediction")
-        out[case] = int(label(seg > 0, structure=np.ones((3,) * seg.ndim))[1])
+        ref_seg = read_segmentation(reader, case, refs[case], "reference")[0] if case in refs else None
+        comps = components(seg, ref_seg)
+        fps = [c for c in comps if not c.touches_reference]
+        dist = [c.slice_distance for c in fps if c.slice_distance is not None]
+        out[case] = {"components": len(comps), "fp_components": len(fps), "fp_voxels": sum(c.voxels for c in fps),
+                     "fp_d0": sum(d == 0 for d in dist), "fp_d1_2": sum(1 <= d <= 2 for d in dist),
+                     "fp_d3_5": sum(3 <= d <= 5 for d in dist), "fp_d6plus": sum(d >= 6 for d in dist)}
     return out
 
 
 def evaluate_folder(folder: str, ref: str, dataset_json_file: str, num_processes: int = 1) -> dict:
     """Per-case metrics of the first label (cached in ``folder/.benchmark_metrics.json``)."""
     cache = os.path.join(folder, ".benchmark_metrics.json")
-    if os.path.isfile(cache):
-        with open(cache, encoding="utf-8") as f:
-            return json.load(f)
-    from nnunetv2_ext.evaluation import evaluate_folders
     with open(dataset_json_file, encoding="utf-8") as f:
         djson = json.load(f)
-    result = evaluate_folders(ref, folder, djson, num_processes=num_processes, progress=False,
-                              hd_penalty=HD_PENALTY)
-    comps = components_per_case(folder, djson)
-    per_case = {c: {m: float(result.values(m, cases=[c])[0]) for m in METRICS} for c in result.cases}
-    for c in per_case:
-        per_case[c]["components"] = comps.get(c, 0)
-    out = {"label": result.labels[0].name, "per_case": per_case}
+    out = None
+    if os.path.isfile(cache):
+        with open(cache, encoding="utf-8") as f:
+            out = json.load(f)
+        if all(k in v for v in out["per_case"].values() for k in COMPONENT_METRICS):
+            return out
+    if out is None:
+        from nnunetv2_ext.evaluation import evaluate_folders
+        result = evaluate_folders(ref, folder, djson, num_processes=num_processes, progress=False,
+                                  hd_penalty=HD_PENALTY)
+        out = {"label": result.labels[0].name,
+               "per_case": {c: {m: float(result.values(m, cases=[c])[0]) for m in METRICS} for c in result.cases}}
+    # a cache from before the false-positive counts: add them while the predictions are there, else mark them unknown
+    comps = component_metrics(folder, ref, djson) if os.path.isdir(folder) else {}
+    for c, values in out["per_case"].items():
+        values.update({k: comps[c][k] if c in comps else float("nan") for k in COMPONENT_METRICS})
     with open(cache, "w", encoding="utf-8") as f:
         json.dump(out, f)
     return out
@@ -94,7 +113,7 @@ def collect_matrices(cfg: BenchmarkConfig, work: WorkFolder, kind: str, dataset_
             continue
         cases = sorted(set.intersection(*[set(r) for r in results.values()]))
         mats = {m: np.array([[r[c][m] for c in cases] for r in results.values()], dtype=float)
-                for m in METRICS + ("components",) if m != "precision"}
+                for m in METRICS + COMPONENT_METRICS if m != "precision"}
         mats["precision"] = [[v for c in cases for v in r[c]["precision"]] for r in results.values()]
         mats["_seeds"], mats["_cases"] = list(results), cases
         out[trainer] = mats
@@ -168,6 +187,43 @@ def trainer_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]], 
     return "\n".join(rows)
 
 
+def false_positive_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]]) -> str:
+    """Per trainer, means over seeds ± seed SD of the per-case component counts (``COMPONENT_METRICS``)."""
+    rows = ["| trainer | components / case | false-positive components / case | cases with one | FP voxels / case "
+            "| FP at slice distance 0 | 1-2 | 3-5 | ≥ 6 |", "|" + "---|" * 9]
+    for t in cfg.trainers:
+        if t not in mats:
+            continue
+        m = mats[t]
+        if np.isnan(m["fp_components"]).all():
+            rows.append(f"| {t} | {_fmt_seed(per_seed(m['components'], mean_statistic), scale=1)} | not recorded |"
+                        + " |" * 6)
+            continue
+        cell = lambda k: _fmt_seed(per_seed(m[k], mean_statistic), scale=1, digits=2)  # noqa: E731
+        with_fp = _fmt_seed((m["fp_components"] > 0).sum(axis=1), scale=1)
+        rows.append(f"| {t} | {cell('components')} | {cell('fp_components')} | {with_fp} / {m['DSC'].shape[1]} | "
+                    f"{_fmt_seed(per_seed(m['fp_voxels'], mean_statistic), scale=1, digits=0)} | {cell('fp_d0')} | "
+                    f"{cell('fp_d1_2')} | {cell('fp_d3_5')} | {cell('fp_d6plus')} |")
+    return "\n".join(rows)
+
+
+def over_training_table(cfg: BenchmarkConfig, by_epoch: Dict[int, Dict[str, Dict[str, np.ndarray]]]) -> str:
+    """Per trainer and kept epoch (``Budget.keep_every``; the last row is the final model): mean DSC, components and
+    false-positive components per case (all, and 3 or more slices from the organ), means over seeds."""
+    rows = ["| trainer | after epoch | mean DSC | components / case | false-positive components / case | of them ≥ 3 "
+            "slices from the organ |", "|" + "---|" * 6]
+    for t in cfg.trainers:
+        for epochs_done, mats in sorted(by_epoch.items()):
+            if t not in mats:
+                continue
+            m = mats[t]
+            cell = lambda k: _fmt_seed(per_seed(m[k], mean_statistic), scale=1, digits=2)  # noqa: E731
+            far = per_seed(m["fp_d3_5"] + m["fp_d6plus"], mean_statistic)
+            rows.append(f"| {t} | {epochs_done} | {_fmt_seed(per_seed(m['DSC'], mean_statistic))} | "
+                        f"{cell('components')} | {cell('fp_components')} | {_fmt_seed(far, scale=1, digits=2)} |")
+    return "\n".join(rows)
+
+
 def per_seed_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]]) -> str:
     rows = ["| trainer | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |", "|---|" + "---|" * len(cfg.seeds)]
     for t in cfg.trainers:
@@ -214,10 +270,19 @@ def write_report(cfg: BenchmarkConfig, work: WorkFolder, folder: str, dataset_js
                         ("pp", "After the postprocessing nnUNetv2_find_best_configuration chose")):
         mats = collect_matrices(cfg, work, kind, dataset_json_file, num_processes)
         parts += [f"## {title}\n", trainer_table(cfg, mats, times, n_bootstrap), "",
-                  "Mean DSC per seed:", "", per_seed_table(cfg, mats), ""]
+                  "Mean DSC per seed:", "", per_seed_table(cfg, mats), "",
+                  "Connected components; a false-positive component touches no reference voxel; slice distance: "
+                  "slices between it and the reference's slab (0 = in the organ's slices):", "",
+                  false_positive_table(cfg, mats), ""]
         data[kind] = {t: {"seeds": m["_seeds"], "cases": m["_cases"],
                           **{k: np.asarray(v).tolist() for k, v in m.items() if not k.startswith("_") and
                              k != "precision"}} for t, m in mats.items()}
+    epochs = kept_epochs(cfg.budget_for(1))
+    if epochs:
+        by_epoch = {e: collect_matrices(cfg, work, epoch_kind(e), dataset_json_file, num_processes) for e in epochs}
+        by_epoch[b["epochs"]] = collect_matrices(cfg, work, "raw", dataset_json_file, num_processes)
+        parts += ["## Over training (raw predictions of the held-out set with the weights kept every "
+                  f"{b['keep_every']} epochs)\n", over_training_table(cfg, by_epoch), ""]
     failed = failed_runs(cfg, work)
     if failed:
         parts += ["## Failed runs\n"] + [f"- {f}" for f in failed] + [""]

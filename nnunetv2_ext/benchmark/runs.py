@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from nnunetv2_ext.benchmark.budget import Budget, budget_name
+from nnunetv2_ext.benchmark.budget import Budget, budget_name, kept_checkpoint, kept_epochs
 from nnunetv2_ext.io_atomic import check_work_folder, mark_folder
 
 CONFIG_NAME = "benchmark.json"
@@ -211,10 +211,26 @@ def execute_run(cfg: BenchmarkConfig, work: WorkFolder, run: Run, echo=print) ->
             work.write_status(run, status)
             return status
         status["predict_wall_s"] = time.time() - t1
+        for epochs_done in kept_epochs(cfg.budget_for(run.seed)):  # the held-out set over training
+            out = work.predictions(run.name, run.fold, epoch_kind(epochs_done))
+            if os.path.isfile(os.path.join(out, ".complete")):
+                continue
+            if _run_logged(cmd[:cmd.index("-o") + 1] + [out] + cmd[cmd.index("-o") + 2:] +
+                           ["-chk", kept_checkpoint(epochs_done)], log):
+                status["error"] = f"nnUNetv2_predict -chk {kept_checkpoint(epochs_done)} failed; end of {log}:\n" \
+                                  f"{_tail(log)}"
+                work.write_status(run, status)
+                return status
+            open(os.path.join(out, ".complete"), "w").close()
     status["state"] = "done"
     work.write_status(run, status)
     echo(f"[benchmark] run {run.index} done: {run.name} fold {run.fold}")
     return status
+
+
+def epoch_kind(epochs_done: int) -> str:
+    """The predictions' kind (folder name) of the weights kept after ``epochs_done`` epochs."""
+    return f"epoch_{epochs_done}"
 
 
 def prediction_folder(cfg: BenchmarkConfig, work: WorkFolder, name: str, fold: int, kind: str) -> str:

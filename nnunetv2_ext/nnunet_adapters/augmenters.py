@@ -10,17 +10,44 @@ main process, which the caller seeds.
 
 It relies on four attributes of batchgenerators' augmenters (``generator``, ``transform``, ``num_processes``,
 ``pin_memory``); ``tests/test_benchmark.py`` pins them.
+
+:func:`one_thread_in_workers`: every worker process we start runs torch with one thread. Workers are forked; a process
+forked after its parent has used OpenMP with several threads (the network ran on the CPU: training, the exact scoring
+pass) deadlocks in its first multi-threaded OpenMP region (GNU libgomp is not fork-safe). The augmentation's matrix
+products are such a region, so workers started mid-run (hard-sample pre-training's stage switch) hung for ever on
+CPU runs. One thread is also what nnU-Net's workers get on a GPU run (``nnUNetv2_train`` sets one thread for cuda).
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
+import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 
 VALIDATION_OFFSET = 500
+
+
+class _OneThread:
+    """``set_thread_id`` of a data loader, which batchgenerators calls first in each worker process: sets torch to
+    one thread there, then calls the loader's own."""
+
+    def __init__(self, set_thread_id):
+        self.set_thread_id = set_thread_id
+
+    def __call__(self, thread_id):
+        torch.set_num_threads(1)
+        self.set_thread_id(thread_id)
+
+
+def one_thread_in_workers(loader):
+    """The data loader, changed so that the worker processes of an augmenter over it run torch with one thread
+    (module docstring); the main process is untouched. Idempotent."""
+    if not isinstance(loader.set_thread_id, _OneThread):
+        loader.set_thread_id = _OneThread(loader.set_thread_id)
+    return loader
 
 
 def worker_seeds(seed: int, num_processes: int, offset: int = 0) -> List[int]:
@@ -45,7 +72,8 @@ def seeded_augmenter(augmenter, seed: int, offset: int = 0) -> Tuple[object, str
     if isinstance(augmenter, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
         augmenter._finish()
         seeds = worker_seeds(seed, augmenter.num_processes, offset)
-        seeded = MultiThreadedAugmenter(augmenter.generator, augmenter.transform, augmenter.num_processes,
+        seeded = MultiThreadedAugmenter(one_thread_in_workers(augmenter.generator), augmenter.transform,
+                                        augmenter.num_processes,
                                         num_cached_per_queue=2, seeds=seeds, pin_memory=augmenter.pin_memory)
         _ = next(seeded)  # nnU-Net's warm-up, as in its get_dataloaders
         return seeded, f"restarted: {augmenter.num_processes} ordered workers with seeds {seeds}"

@@ -25,7 +25,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunetv2_ext.nnunet_adapters.augmenters import VALIDATION_OFFSET, worker_seeds
+from nnunetv2_ext.nnunet_adapters.augmenters import VALIDATION_OFFSET, one_thread_in_workers, worker_seeds
 from nnunetv2_ext.sampling import checkpoint_state
 from nnunetv2_ext.sampling.distributed import gather_scores, rank_and_world
 from nnunetv2_ext.sampling.exact_scoring import score_units
@@ -67,6 +67,7 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     if n_proc == 0:
         return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
     pin = trainer.device.type == "cuda"
+    dl_tr, dl_val = one_thread_in_workers(dl_tr), one_thread_in_workers(dl_val)  # workers may start mid-run
     if seed is not None:
         n_val = max(1, n_proc // 2)
         if legacy:  # seed + i overlaps between seeds s and s + 1: not for repeated-seed comparisons
