@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnunetv2_ext.trainers.sampling_mixin import PNSSHESSMixin
+    from nnunetv2_ext.sampling.parameters import SamplingParameters
 
     nnUNet_preprocessed = os.environ.get("nnUNet_preprocessed")
     if not nnUNet_preprocessed:
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         cls = recursive_find_trainer_class_by_name(a.tr)
     except RuntimeError:
         cls = None
-    if cls is None or not issubclass(cls, PNSSHESSMixin):
+    if cls is None or not isinstance(getattr(cls, "sampling", None), SamplingParameters):  # a PNSS/HESS trainer
         p.exit(2, f"{p.prog}: error: -tr {a.tr}: {'not found' if cls is None else 'has no PNSS/HESS sampling'}\n")
     fold = a.f if a.f == "all" else int(a.f)
     dataset_json = json.load(open(os.path.join(nnUNet_preprocessed, name, "dataset.json")))
