@@ -15,6 +15,7 @@ from nnunetv2_ext.sampling.hess import (HardnessTable, channel_argmax, mini_epoc
                                         per_sample_dice, rank_slice, select_hard)
 from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.sampling.pnss import PNSSSchedule, positive_block, select_slab, select_slabs
+from nnunetv2_ext.sampling.report import log_line
 from nnunetv2_ext.sampling.sampler import SLAB, SLICE, SLICE_FG, MainSampler, SampleSpec
 from nnunetv2_ext.sampling.shared_state import MAIN, MINI, BatchSchedule
 from nnunetv2_ext.sampling.slice_table import SliceTable
@@ -155,6 +156,25 @@ def test_select_hard_eq8():
     assert hs.mean_dsc == pytest.approx(np.mean([0.2, 0.6, 0.7, 0.9, 1.0]))  # 0.68
     assert hs.hard_units.tolist() == [1]  # 0.5 < 0.6 < 0.68; 0.7 is above the mean
     assert hs.num_outliers == 1 and hs.num_scored == 5
+
+
+def test_select_hard_with_false_positive_negatives_extension():
+    """negatives_with_fp='hard' (an extension): a negative unit (no reference foreground) with DSC < 1 has predicted
+    foreground; Eq. 8 calls it an outlier (DSC 0), the extension replays it, selected by PNSS or not."""
+    t = HardnessTable(8)
+    t.update(np.arange(8), np.array([0.2, 0.6, 0.7, 0.9, 1.0, 0.0, 1.0, 0.0]), epoch=0)
+    selected = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)  # units 6 and 7 dropped by PNSS
+    negative = np.array([0, 0, 0, 0, 1, 1, 1, 1], bool)  # units 4-7 have no reference foreground
+    paper = select_hard(t, selected, 0.5)
+    assert paper.hard_units.tolist() == [] and paper.num_outliers == 2 and paper.num_fp_negatives == 0  # 0.6 > mean
+    ext = select_hard(t, selected, 0.5, fp_negatives=negative)
+    # s_mean stays Eq. 8's (selected units: mean of 0.2 .. 0.0 = 0.5667); unit 5 (selected, FP) and unit 7 (dropped,
+    # FP) join the hard set; 4 and 6 were predicted empty (DSC 1); unit 0 stays an outlier (a positive slice)
+    assert ext.mean_dsc == pytest.approx(np.mean([0.2, 0.6, 0.7, 0.9, 1.0, 0.0]))
+    assert ext.hard_units.tolist() == [5, 7]
+    assert ext.num_outliers == 1 and ext.num_fp_negatives == 2 and ext.num_scored == 6
+    old = select_hard(t, selected, 0.5, min_epoch=1, fp_negatives=negative)  # too old to count
+    assert old.hard_units.tolist() == [] and old.num_fp_negatives == 0
 
 
 def test_hardness_state_roundtrip_and_bounds():
@@ -331,6 +351,40 @@ def test_controller_exact_round_neutral_budget_and_state():
         _controller(alpha=0.2).load_state_dict(state, 1)
     with pytest.raises(ValueError, match="records"):
         d.load_state_dict(state, current_epoch=2)
+
+
+def test_controller_replays_negatives_with_false_positives_when_asked():
+    c = _controller(negatives_with_fp="hard")
+    positive = [4, 5, 12, 13, 14, 15]
+    assert np.flatnonzero(c.selected(2)).tolist() == positive  # r = 0 at epoch 2: only the positive blocks
+    assert c.exact_units(2).tolist() == list(range(20))  # the exact pass also scores every dropped negative slice
+    assert _controller().exact_units(2).tolist() == positive  # the paper's: the selected units only
+    units = np.arange(20)
+    dsc = np.where(np.isin(units, positive), 0.8, 1.0).astype(np.float32)
+    dsc[[0, 17]] = 0.0  # far false positives on a dropped slice of each case
+    for e in (0, 1):
+        c.finish_epoch(e, c.main_iterations(e))
+    rnd = c.end_main_phase(2, exact=(units, dsc))
+    assert rnd.hard.hard_units.tolist() == [0, 17] and rnd.hard.num_fp_negatives == 2
+    rec = c.finish_epoch(2, c.main_iterations(2), rnd, 0.1)
+    assert rec["n_fp_negatives"] == 2 and "of them 2 negative slices with false positives" in log_line(rec)
+    with pytest.raises(ValueError, match="negatives_with_fp"):
+        SamplingParameters(negatives_with_fp="hard", scoring="forward")
+    with pytest.raises(ValueError, match="negatives_with_fp"):
+        SamplingParameters(negatives_with_fp="replay")
+
+
+def test_checkpoint_from_before_a_new_parameter_still_resumes():
+    """A sampling state saved before ``negatives_with_fp`` existed (its parameters lack the key) resumes a trainer
+    with that field's default: the old behaviour."""
+    c = _controller()
+    c.finish_epoch(0, c.main_iterations(0))
+    state = c.state_dict()
+    del state["parameters"]["negatives_with_fp"]
+    d = _controller()
+    d.load_state_dict(state, current_epoch=1)
+    with pytest.raises(ValueError, match="sampling parameters"):
+        _controller(negatives_with_fp="hard").load_state_dict(state, 1)
 
 
 def test_controller_forward_scores_age_limit_and_agreement():

@@ -81,6 +81,14 @@ class SamplingController:
     def needs_exact_pass(self, epoch: int) -> bool:
         return bool(self.plan.hess_round[epoch]) and "exact" in self.tables
 
+    def exact_units(self, epoch: int) -> np.ndarray:
+        """Units the exact pass scores at a HESS round: the selected ones, and with ``negatives_with_fp='hard'``
+        also every negative slice PNSS has dropped (where far false positives appear)."""
+        units = self.selected(epoch)
+        if self.params.negatives_with_fp == "hard":
+            units = units | ~self.table.positive
+        return np.flatnonzero(units)
+
     def ratio(self, epoch: int) -> float:
         return float(self.plan.r[epoch])
 
@@ -119,7 +127,8 @@ class SamplingController:
         selected = self.selected(epoch)
         min_epoch = epoch if self.params.scoring == "exact" else self._forward_min_epoch(epoch)
         driver = self.tables[self.params.scoring]
-        hard = select_hard(driver, selected, self.params.outlier_threshold, min_epoch)
+        fp_negatives = ~self.table.positive if self.params.negatives_with_fp == "hard" else None
+        hard = select_hard(driver, selected, self.params.outlier_threshold, min_epoch, fp_negatives)
         agreement = None
         if self.params.compare_scoring:
             agreement = hard_set_agreement(self.tables["forward"], self.tables["exact"], selected,
@@ -147,7 +156,8 @@ class SamplingController:
 
     def load_state_dict(self, state: dict, current_epoch: int) -> None:
         """Restores the state saved at the end of epoch ``current_epoch - 1``; raises ValueError on a mismatch."""
-        if state["parameters"] != self.params.as_dict():
+        saved = {**SamplingParameters().as_dict(), **state["parameters"]}  # fields added later: their defaults
+        if saved != self.params.as_dict():
             raise ValueError(f"the checkpoint was trained with sampling parameters {state['parameters']}, this "
                              f"trainer has {self.params.as_dict()}")
         if state["slice_table"] != self.table.signature():

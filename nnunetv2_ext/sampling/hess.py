@@ -107,6 +107,9 @@ class HardSet:
     mean_dsc: float
     """s_mean: mean DSC over the selected units that have a score (NaN if none)."""
     num_scored: int
+    num_fp_negatives: int = 0
+    """Negative units (no reference foreground) with predicted foreground among ``hard_units`` (the extension of
+    :func:`select_hard`'s ``fp_negatives``; 0 under the paper's Eq. 8)."""
 
 
 class HardnessTable:
@@ -138,10 +141,15 @@ class HardnessTable:
 
 
 def select_hard(table: HardnessTable, selected: np.ndarray, outlier_threshold: float = 0.5,
-                min_epoch: int = 0) -> HardSet:
+                min_epoch: int = 0, fp_negatives: Optional[np.ndarray] = None) -> HardSet:
     """Eq. 8: hard units are selected units with ``outlier_threshold < DSC < s_mean``, where s_mean is the mean DSC over
     the selected units. Only scores recorded at epoch ``min_epoch`` or later count (an age limit); units without such a
-    score are left out of both."""
+    score are left out of both.
+
+    ``fp_negatives`` (an extension, not the paper; a boolean mask of negative units, i.e. without reference
+    foreground, that may be replayed, selected or not): such a unit with DSC < 1 has predicted foreground where there
+    is none (Eq. 1 gives an empty slice DSC 1 only when nothing is predicted). Eq. 8 calls it an outlier (DSC 0) and
+    never replays it, so a false positive is never trained away by HESS; here it joins the hard set instead."""
     scored = selected & ~np.isnan(table.dsc) & (table.epoch_scored >= min_epoch)
     if not scored.any():
         return HardSet(np.zeros(0, np.int64), 0, float("nan"), 0)
@@ -149,7 +157,13 @@ def select_hard(table: HardnessTable, selected: np.ndarray, outlier_threshold: f
     s_mean = float(d[scored].mean())
     hard = scored & (d > outlier_threshold) & (d < s_mean)
     outliers = scored & (d <= outlier_threshold)
-    return HardSet(np.flatnonzero(hard).astype(np.int64), int(outliers.sum()), s_mean, int(scored.sum()))
+    n_fp = 0
+    if fp_negatives is not None:
+        fp = fp_negatives & ~np.isnan(d) & (table.epoch_scored >= min_epoch) & (d < 1)
+        outliers &= ~fp
+        hard |= fp
+        n_fp = int(fp.sum())
+    return HardSet(np.flatnonzero(hard).astype(np.int64), int(outliers.sum()), s_mean, int(scored.sum()), n_fp)
 
 
 def mini_epoch_iterations(num_hard: int, global_batch_size: int, max_iterations: int) -> int:

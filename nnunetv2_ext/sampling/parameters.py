@@ -21,6 +21,7 @@ from nnunetv2_ext.sampling.pnss import PNSSSchedule
 EPOCH_UNITS = ("pass", "nnunet_epoch")
 SAMPLING_MODES = ("slice", "slice_oversample", "case")
 SCORING_MODES = ("exact", "forward")
+NEGATIVES_WITH_FP = ("outlier", "hard")
 BUDGETS = ("neutral", "extra")
 
 
@@ -57,6 +58,12 @@ class SamplingParameters:
     """False: no hard-slice replay (PNSS alone)."""
     outlier_threshold: float = 0.5
     """Eq. 8: units with DSC <= this are outliers, not replayed; hard = threshold < DSC < mean."""
+    negatives_with_fp: str = "outlier"
+    """A negative slice (no reference foreground) on which the model predicts foreground has DSC 0 (Eq. 1).
+    'outlier' (the paper, Eq. 8): it is an outlier and never replayed. 'hard' (an extension): the exact pass also
+    scores the slices PNSS has dropped, and every negative slice with predicted foreground, dropped or not, joins
+    the hard set of the mini epoch, so false positives are trained away wherever they appear. Needs
+    scoring='exact'."""
     max_epoch_cost: float = 1.5
     """A mini epoch has at most (max_epoch_cost - 1) x nnU-Net's iterations per epoch."""
     budget: str = "neutral"
@@ -94,6 +101,11 @@ class SamplingParameters:
             bad("final_full_fraction", "in [0, 1)")
         if not (_is_number(self.outlier_threshold) and 0 <= self.outlier_threshold < 1):
             bad("outlier_threshold", "in [0, 1)")
+        if self.negatives_with_fp not in NEGATIVES_WITH_FP:
+            bad("negatives_with_fp", f"one of {NEGATIVES_WITH_FP}")
+        if self.negatives_with_fp == "hard" and (self.scoring != "exact" or not self.hess):
+            bad("negatives_with_fp", "'outlier' unless hess=True and scoring='exact' (dropped slices are scored by "
+                                     "the exact pass only)")
         if self.budget not in BUDGETS:
             bad("budget", f"one of {BUDGETS}")
         upper = 2 if self.budget == "neutral" else float("inf")

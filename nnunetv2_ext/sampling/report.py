@@ -34,6 +34,7 @@ def epoch_record(epoch: int, r: float, paper_epoch: int, passes: float, n_select
     if hard is not None:
         finite = selected_dsc[np.isfinite(selected_dsc)] if selected_dsc is not None else np.zeros(0)
         rec.update(n_hard=int(len(hard.hard_units)), n_outliers=int(hard.num_outliers),
+                   n_fp_negatives=int(hard.num_fp_negatives),
                    n_scored=int(hard.num_scored),
                    mean_slice_dsc=None if np.isnan(hard.mean_dsc) else float(hard.mean_dsc),
                    slice_dsc_quantiles_10_25_50_75_90=np.percentile(finite, [10, 25, 50, 75, 90]).tolist()
@@ -50,7 +51,9 @@ def log_line(rec: dict) -> str:
     if not rec["hess_round"]:
         return line + ", no HESS round"
     dsc = "n/a" if rec["mean_slice_dsc"] is None else f"{rec['mean_slice_dsc']:.4f}"
-    line += (f", HESS round: hard {rec['n_hard']}, outliers {rec['n_outliers']}, mean slice DSC {dsc} "
+    fp = f" (of them {rec['n_fp_negatives']} negative slices with false positives)" if rec.get("n_fp_negatives") \
+        else ""
+    line += (f", HESS round: hard {rec['n_hard']}{fp}, outliers {rec['n_outliers']}, mean slice DSC {dsc} "
              f"({rec['n_scored']} scored, {rec['scoring']})")
     if rec.get("agreement"):
         a = rec["agreement"]

@@ -32,6 +32,17 @@ class nnUNetTrainerPNSSHESSPaper(PNSSHESSMixin, nnUNetTrainer):
     sampling = PAPER
 
 
+class nnUNetTrainerPNSSHESSFPReplay(PNSSHESSMixin, nnUNetTrainer):
+    """PNSS + HESS whose HESS rounds also replay every negative slice with a false positive, the slices PNSS dropped
+    included (``negatives_with_fp='hard'``, an extension of Eq. 8; issue 22's remedy candidate)."""
+    sampling = replace(DEFAULTS, negatives_with_fp="hard")
+
+
+class nnUNetTrainerPNSSHESSFinalFull(PNSSHESSMixin, nnUNetTrainer):
+    """PNSS + HESS whose last quarter of the epochs trains on all slices again (``final_full_fraction=0.25``)."""
+    sampling = replace(DEFAULTS, final_full_fraction=0.25)
+
+
 class nnUNetTrainerPNSS(PNSSHESSMixin, nnUNetTrainer):
     """PNSS only: negative slices far from the organ are dropped gradually, L(0.2, 5)."""
     sampling = replace(DEFAULTS, hess=False)
@@ -127,3 +138,11 @@ class nnUNetTrainerHESSDemo(DemoTrainingMixin, nnUNetTrainerHESS):
 
 class nnUNetTrainerPNSSHESSPaperDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSPaper):
     sampling = replace(nnUNetTrainerPNSSHESSPaper.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSFPReplayDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFPReplay):
+    sampling = replace(nnUNetTrainerPNSSHESSFPReplay.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFinalFull):
+    sampling = replace(nnUNetTrainerPNSSHESSFinalFull.sampling, **DEMO_SCHEDULE)

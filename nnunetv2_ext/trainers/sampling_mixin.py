@@ -138,7 +138,7 @@ class PNSSHESSMixin(SamplingStateMixin):
                 else np.zeros(0, np.float32)  # one device sync per epoch
             forward = gather_scores(units, dsc)
             self._scores = []
-        exact = self._exact_scores(np.flatnonzero(c.selected(epoch))) if c.needs_exact_pass(epoch) else None
+        exact = self._exact_scores(c.exact_units(epoch)) if c.needs_exact_pass(epoch) else None
         rnd = c.end_main_phase(epoch, forward, exact)
         mini_losses = []
         if rnd is not None:
