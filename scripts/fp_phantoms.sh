@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 22: where PNSS/HESS's raw false positives come from, and whether a remedy removes them, on two phantoms
 # written independently of each other (nnunetv2_ext/phantom.py's realistic phantom, "A"; nnunetv2_ext/phantom_b.py,
-# "B"), 3 seeds, the README demo's budget (12 epochs x 40 iterations, batch 12, the demo network), weights kept every
-# 2 epochs so that the report follows the held-out set's false-positive components over training.
+# "B"): plain nnU-Net, PNSS/HESS and PNSS/HESS with false-positive replay, 3 seeds, the README demo's budget
+# (12 epochs x 40 iterations, batch 12, the demo network), weights kept every 2 epochs so that the report follows
+# the held-out set's false-positive components over training.
 #
 #   bash scripts/fp_phantoms.sh WORK_ROOT [TRAINER ...]
 #
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(realpath "${1:?give a work root}")
 shift
-TRAINERS=("${@:-nnUNetTrainerDemo nnUNetTrainerPNSSHESSDemo}")
+TRAINERS=("${@:-nnUNetTrainerDemo nnUNetTrainerPNSSHESSDemo nnUNetTrainerPNSSHESSFPReplayDemo}")
 # shellcheck disable=SC2206
 TRAINERS=(${TRAINERS[@]})
 export nnUNet_raw=$ROOT/nnUNet_raw nnUNet_preprocessed=$ROOT/nnUNet_preprocessed nnUNet_results=$ROOT/nnUNet_results
