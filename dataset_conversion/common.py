@@ -39,6 +39,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from tqdm import tqdm
 
 from nnunetv2_ext.file_checks import TruncatedFileError, check_complete
+from nnunetv2_ext.io_atomic import write_folder_atomically
 from nnunetv2_ext.dataset_conversion.geometry import Geometry, grid_mismatch, label_on_image_grid
 
 MANIFEST_NAME = "nnunetv2_ext_conversion.json"
@@ -375,10 +376,9 @@ def run_conversion(converter: DatasetConverter, dataset_id: int, overwrite: bool
         raise BadCasesError(report)
 
     _remove_stale_temporaries(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+
+    def write(tmp_folder: str) -> None:
+        tmp = Path(tmp_folder)
         # converters create the other folders they write into (imagesTs, labelsTs, ...) themselves
         (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
         (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -408,16 +408,8 @@ def run_conversion(converter: DatasetConverter, dataset_id: int, overwrite: bool
         manifest["notes"] = report.notes
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
 
-        if target.exists():  # overwrite: swap in the new folder, then delete the old one
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    # a temporary sibling swapped in at the end: an interruption keeps an older dataset and leaves nothing behind
+    write_folder_atomically(str(target), write)
     report.written = True
     return report
 

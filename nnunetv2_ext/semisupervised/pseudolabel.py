@@ -36,7 +36,7 @@ from nnunetv2_ext.evaluation.io import (EvaluationInputError, files_by_case, geo
                                         grid_mismatch_message, guess_file_ending, read_segmentation, reader_class)
 from nnunetv2_ext.file_checks import TruncatedFileError, check_complete
 from nnunetv2_ext.figure_style import own_style
-from nnunetv2_ext.io_atomic import mark_folder
+from nnunetv2_ext.io_atomic import mark_folder, write_folder_atomically
 from nnunetv2_ext.semisupervised.consensus import averaged_from_probabilities, check_level, consensus_score
 from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
 
@@ -423,11 +423,11 @@ def _link_or_copy(src: str, dst: str, copy: bool) -> None:
 
 def write_dataset(plan: DatasetPlan, pred: PredictionSet, selected: Sequence[str], scores: Dict[str, CaseScore],
                   selection: dict, copy: bool = False, num_processes: int = 1) -> str:
-    """Writes the dataset into a temporary folder and renames it to ``plan.target`` at the end."""
+    """Writes the dataset into a temporary folder and swaps it in at ``plan.target`` at the end
+    (``io_atomic.write_folder_atomically``: a failure keeps an older dataset and leaves nothing behind)."""
     ending = plan.labelled_json["file_ending"]
-    tmp = join(os.path.dirname(plan.target), f".{os.path.basename(plan.target)}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: str) -> None:
         for sub in ("imagesTr", "labelsTr"):
             os.makedirs(join(tmp, sub))
         for case, entry in plan.labelled_cases.items():
@@ -471,16 +471,10 @@ def write_dataset(plan: DatasetPlan, pred: PredictionSet, selected: Sequence[str
                                   for c in selected])
         with open(join(tmp, MANIFEST_NAME), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
-        if plan.existing is not None:  # --overwrite: swap in the new folder, then delete the old one
-            old = join(os.path.dirname(plan.existing), f".{os.path.basename(plan.existing)}.old-{os.getpid()}")
-            os.rename(plan.existing, old)
-            os.rename(tmp, plan.target)
-            shutil.rmtree(old)
-            _drop_stale_splits(plan.target)
-        else:
-            os.rename(tmp, plan.target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder_atomically(plan.target, write)
+    if plan.existing is not None:  # --overwrite replaced an earlier pseudo-label dataset
+        _drop_stale_splits(plan.target)
     return plan.target
 
 
