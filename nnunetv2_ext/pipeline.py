@@ -21,14 +21,19 @@ import numpy as np
 STREAMED = re.compile(r"(: Epoch \d+$|Pseudo dice|Epoch time|PNSS/HESS: r=|Mean Validation Dice)")
 
 
+def commands_on_path_env() -> Dict[str, str]:
+    """``os.environ`` with this interpreter's nnU-Net commands first on PATH (a venv not activated), UTF-8 output."""
+    return dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+                PYTHONUTF8="1")
+
+
 def nnunet_env(work: str, processes: int, extra: Optional[dict] = None) -> Dict[str, str]:
     """nnU-Net's three folders inside ``work`` (created), workers, and this interpreter's commands on PATH; ``extra``
     is applied last (it may override any of these)."""
     dirs = {k: os.path.join(work, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
-    env = dict(os.environ, **dirs, nnUNet_n_proc_DA=str(processes), nnUNet_def_n_proc=str(processes),
-               PYTHONUTF8="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(commands_on_path_env(), **dirs, nnUNet_n_proc_DA=str(processes), nnUNet_def_n_proc=str(processes))
     env.update(extra or {})
     return env
 

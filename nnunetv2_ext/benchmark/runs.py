@@ -18,13 +18,13 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from nnunetv2_ext.benchmark.budget import Budget, budget_name, kept_checkpoint, kept_epochs
 from nnunetv2_ext.io_atomic import check_work_folder, mark_folder
+from nnunetv2_ext.pipeline import commands_on_path_env
 
 CONFIG_NAME = "benchmark.json"
 
@@ -265,8 +265,3 @@ def postprocess_trainer(cfg: BenchmarkConfig, work: WorkFolder, name: str, log: 
         open(os.path.join(out, ".complete"), "w").close()
     return None
 
-
-def commands_on_path_env() -> Dict[str, str]:
-    """This interpreter's nnU-Net commands first on PATH (a venv not activated), UTF-8 output."""
-    return dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                PYTHONUTF8="1")
