@@ -4,6 +4,8 @@ and the checkpoint sidecar."""
 import threading
 import time
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -438,3 +440,23 @@ def test_sidecar_is_atomic_and_keeps_the_previous_state(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoint_state.read_state(ckpt, 4)["records"] == [0, 1, 2, 3]  # the sidecar on disk is intact
     assert checkpoint_state.read_state(ckpt, 5) is None
+
+
+def test_table1_grid_trainers_are_written_out_one_per_grid_point():
+    """The 20 Table 1 trainers exist as classes in pnss_table1.py (found by name in the source, not generated at
+    import), each with its grid point's alpha and beta and everything else from its base."""
+    import ast
+    import pathlib
+
+    import nnunetv2_ext.trainers.pnss_table1 as grid
+    from nnunetv2_ext.trainers import nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS
+    source = pathlib.Path(grid.__file__).read_text()
+    defined = {n.name for n in ast.parse(source).body if isinstance(n, ast.ClassDef)}
+    expected = {f"{b.__name__}_{a}_b{beta}" for b in (nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS)
+                for a in grid.TABLE1_ALPHAS for beta in grid.TABLE1_BETAS}
+    assert defined == expected and len(expected) == 20
+    for base in (nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS):
+        for a_name, alpha in grid.TABLE1_ALPHAS.items():
+            for beta in grid.TABLE1_BETAS:
+                cls = getattr(grid, f"{base.__name__}_{a_name}_b{beta}")
+                assert issubclass(cls, base) and cls.sampling == replace(base.sampling, alpha=alpha, beta=beta)

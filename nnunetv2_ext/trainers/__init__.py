@@ -12,6 +12,7 @@ class nnUNetTrainerTiny(TinyTrainingMixin, nnUNetTrainer):
     """Plain nnU-Net, shrunk for CPU tests (the baseline of the tiny variants)."""
 from nnunetv2_ext.trainers.loss_trainers import *  # noqa
 from nnunetv2_ext.trainers.pnss_hess import *  # noqa: E402,F401,F403
+from nnunetv2_ext.trainers.pnss_table1 import *  # noqa: E402,F401,F403
 from nnunetv2_ext.trainers.hard_pretrain import *  # noqa
 from nnunetv2_ext.trainers.cascade_trainers import *  # noqa
 from nnunetv2_ext.trainers.coarse_to_fine import *  # noqa

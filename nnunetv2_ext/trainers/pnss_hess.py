@@ -5,8 +5,8 @@
 - ``nnUNetTrainerPNSSHESSPaper``: the paper's settings exactly (no far negatives kept, mini epochs on top).
 - ``nnUNetTrainerPNSS``: positive-negative subset selection only; ``nnUNetTrainerHESS``: hard-easy subset selection
   only (all slices stay selected).
-- ``nnUNetTrainerPNSS_a{01,02}_b{1,3,5,7,9}`` and ``nnUNetTrainerPNSSHESS_a..._b...``: the Table 1 grid
-  (a01 = alpha 0.1, a02 = alpha 0.2; b = beta in paper epochs).
+- the Table 1 grid ``nnUNetTrainerPNSS_a{01,02}_b{1,3,5,7,9}`` / ``nnUNetTrainerPNSSHESS_a..._b...`` is written out
+  in :mod:`nnunetv2_ext.trainers.pnss_table1`.
 - ``...Tiny`` / ``...Demo``: small CPU variants for tests, the README demo and the ablation.
 """
 from dataclasses import replace
@@ -51,25 +51,6 @@ class nnUNetTrainerPNSS(PNSSHESSMixin, nnUNetTrainer):
 class nnUNetTrainerHESS(PNSSHESSMixin, nnUNetTrainer):
     """HESS only: hard slices (0.5 < DSC < mean) are replayed after every paper epoch."""
     sampling = replace(DEFAULTS, pnss=False)
-
-
-TABLE1_ALPHAS = {"a01": 0.1, "a02": 0.2}
-TABLE1_BETAS = (1, 3, 5, 7, 9)
-
-
-def _table1_variants() -> dict:
-    variants = {}
-    for base in (nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS):
-        for a_name, alpha in TABLE1_ALPHAS.items():
-            for beta in TABLE1_BETAS:
-                name = f"{base.__name__}_{a_name}_b{beta}"
-                variants[name] = type(name, (base,), {
-                    "sampling": replace(base.sampling, alpha=alpha, beta=beta), "__module__": __name__,
-                    "__doc__": f"{base.__name__} with L(alpha={alpha}, beta={beta}) (Table 1 grid point)."})
-    return variants
-
-
-globals().update(_table1_variants())
 
 
 # ---- tiny variants for the CPU tests: 4 epochs of 10 iterations; r falls 1 -> 0.5 -> 0 per nnU-Net epoch -------------
