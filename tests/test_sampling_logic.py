@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_ext.sampling import checkpoint_state
+from nnunetv2_ext.nnunet_adapters import checkpoint_sidecar as checkpoint_state
 from nnunetv2_ext.sampling.controller import SamplingController, hard_set_agreement
 from nnunetv2_ext.sampling.epoch_plan import build_epoch_plan
 from nnunetv2_ext.sampling.hess import (HardnessTable, channel_argmax, mini_epoch_iterations, mini_epoch_plan,

@@ -16,8 +16,11 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
+from nnunetv2_ext.sampling.distributed import gather_scores, rank_and_world
 from nnunetv2_ext.sampling.hess import per_sample_dice
 from nnunetv2_ext.sampling.slice_table import SliceTable
 
@@ -78,3 +81,31 @@ def score_units(units: np.ndarray, table: SliceTable, dataset, transforms, predi
     flush()
     dsc = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
     return units[order], dsc
+
+
+def exact_scores(trainer, table: SliceTable, units: np.ndarray):
+    """DSC (Eq. 1) of every unit without augmentation (:func:`score_units`), deep supervision off, batches of twice
+    the training batch size; DDP ranks take every world-th unit and exchange the results."""
+    rank, world = rank_and_world()
+    lm = trainer.label_manager
+    transforms = trainer.get_validation_transforms(None, is_cascaded=trainer.is_cascaded,
+                                                   foreground_labels=lm.foreground_labels,
+                                                   regions=lm.foreground_regions if lm.has_regions else None,
+                                                   ignore_label=lm.ignore_label)
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, list(table.identifiers),
+                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+
+    def predict(x):
+        with autocast(trainer.device.type, enabled=True) if trainer.device.type == "cuda" else dummy_context():
+            return trainer.network(x)
+
+    trainer.network.eval()
+    trainer.set_deep_supervision_enabled(False)
+    try:
+        units, dsc = score_units(np.asarray(units)[rank::world], table, dataset, transforms, predict,
+                                 trainer.configuration_manager.patch_size, 2 * trainer.batch_size, trainer.device,
+                                 lm.has_regions, lm.ignore_label)
+    finally:
+        trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+        trainer.network.train()
+    return gather_scores(units, dsc)

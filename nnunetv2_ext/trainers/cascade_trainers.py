@@ -33,7 +33,7 @@ from nnunetv2_ext.losses.cascade import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, Cas
                                          stage1_loss)
 from nnunetv2_ext.networks.cascade_tumour import (EMPTY_ORGAN_FALLBACKS, CascadeTumorNet, DualBranchEncoder,
                                                   TumourStageNet, truncate_encoder)
-from nnunetv2_ext.trainers._glue import build_dataloaders
+from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.two_stage.boxes import boxes_exceeding_patch, check_margin_leaves_room, margin_in_mm
 from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ

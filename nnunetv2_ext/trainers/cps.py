@@ -35,7 +35,7 @@ from nnunetv2_ext.semisupervised.unlabelled import HOW_TO_DECLARE, UnlabelledCas
 from nnunetv2_ext.semisupervised.unlabelled import dataset_class as unlabelled_dataset_class
 from nnunetv2_ext.semisupervised.unlabelled import (find_unlabelled_cases, preprocess_unlabelled, preprocessed_cases,
                                                     unlabelled_folder)
-from nnunetv2_ext.trainers._glue import build_dataloaders
+from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 __all__ = ["nnUNetTrainerCPS", "nnUNetTrainerCPSTiny"]

@@ -26,7 +26,9 @@ from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, 
                                                  units_of)
 from nnunetv2_ext.sampling.sampler import UnitPool
 from nnunetv2_ext.sampling.slice_table import build_slice_table
-from nnunetv2_ext.trainers._glue import SamplingStateMixin, build_dataloaders, exact_scores
+from nnunetv2_ext.nnunet_adapters.checkpoint_sidecar import SamplingStateMixin
+from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
+from nnunetv2_ext.sampling.exact_scoring import exact_scores
 from nnunetv2_ext.trainers.pnss_hess import DemoTrainingMixin
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 

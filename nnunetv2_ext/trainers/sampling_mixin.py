@@ -31,7 +31,9 @@ from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.sampling.report import log_line, plot_sampling_progress, write_sampling_log
 from nnunetv2_ext.sampling.shared_state import MAIN, MINI, BatchSchedule, OrderedBatchStream
 from nnunetv2_ext.sampling.slice_table import build_slice_table
-from nnunetv2_ext.trainers._glue import SamplingStateMixin, build_dataloaders, exact_scores
+from nnunetv2_ext.nnunet_adapters.checkpoint_sidecar import SamplingStateMixin
+from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
+from nnunetv2_ext.sampling.exact_scoring import exact_scores
 
 LEGACY_ATTRIBUTES = ("pnss_enabled", "pnss_alpha", "pnss_beta", "pnss_r_min", "hess_enabled", "hess_outlier_threshold",
                      "hess_max_epoch_cost", "hess_scoring", "hess_exact_every", "sampling_seed")
