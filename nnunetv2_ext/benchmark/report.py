@@ -37,7 +37,7 @@ COMPONENT_METRICS = ("components", "fp_components", "fp_voxels", "fp_d0", "fp_d1
 
 def component_metrics(folder: str, ref: str, dataset_json: dict) -> Dict[str, Dict[str, float]]:
     """case -> :data:`COMPONENT_METRICS` of the predictions in ``folder`` against the references in ``ref``."""
-    from nnunetv2_ext.evaluation.components import components
+    from nnunetv2_ext.evaluation.components import components, false_positive_summary
     from nnunetv2_ext.evaluation.io import files_by_case, read_segmentation, reader_class
     ending = dataset_json["file_ending"]
     files = files_by_case(folder, ending)
@@ -49,12 +49,11 @@ def component_metrics(folder: str, ref: str, dataset_json: dict) -> Dict[str, Di
     for case, f in files.items():
         seg, _ = read_segmentation(reader, case, f, "prediction")
         ref_seg = read_segmentation(reader, case, refs[case], "reference")[0] if case in refs else None
-        comps = components(seg, ref_seg)
-        fps = [c for c in comps if not c.touches_reference]
-        dist = [c.slice_distance for c in fps if c.slice_distance is not None]
-        out[case] = {"components": len(comps), "fp_components": len(fps), "fp_voxels": sum(c.voxels for c in fps),
-                     "fp_d0": sum(d == 0 for d in dist), "fp_d1_2": sum(1 <= d <= 2 for d in dist),
-                     "fp_d3_5": sum(3 <= d <= 5 for d in dist), "fp_d6plus": sum(d >= 6 for d in dist)}
+        s = false_positive_summary({case: components(seg, ref_seg)})  # one case: the per-case counts
+        bins = s["fp_by_slice_distance"]
+        out[case] = {"components": s["components_per_case"], "fp_components": s["fp_components_per_case"],
+                     "fp_voxels": s["fp_voxels_per_case"], "fp_d0": bins["0"], "fp_d1_2": bins["1-2"],
+                     "fp_d3_5": bins["3-5"], "fp_d6plus": bins[">5"]}
     return out
 
 
