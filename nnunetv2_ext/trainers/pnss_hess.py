@@ -43,6 +43,12 @@ class nnUNetTrainerPNSSHESSFinalFull(PNSSHESSMixin, nnUNetTrainer):
     sampling = replace(DEFAULTS, final_full_fraction=0.25)
 
 
+class nnUNetTrainerPNSSHESSRFloor(PNSSHESSMixin, nnUNetTrainer):
+    """PNSS + HESS whose ratio never falls below 0.2 (``r_min=0.2``): a fifth of the far negatives stay in D^r for the
+    whole run (issue 22's remedy candidate; the paper's floor is 0)."""
+    sampling = replace(DEFAULTS, r_min=0.2)
+
+
 class nnUNetTrainerPNSS(PNSSHESSMixin, nnUNetTrainer):
     """PNSS only: negative slices far from the organ are dropped gradually, L(0.2, 5)."""
     sampling = replace(DEFAULTS, hess=False)
@@ -127,3 +133,7 @@ class nnUNetTrainerPNSSHESSFPReplayDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESS
 
 class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFinalFull):
     sampling = replace(nnUNetTrainerPNSSHESSFinalFull.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSRFloorDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSRFloor):
+    sampling = replace(nnUNetTrainerPNSSHESSRFloor.sampling, **DEMO_SCHEDULE)
