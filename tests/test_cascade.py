@@ -1,5 +1,5 @@
-"""Unit tests of the cascade tumour variant: networks (nnunetv2_ext.networks.cascade_tumour), losses
-(nnunetv2_ext.losses.cascade) and the four fixes of issue 13, each on a small analytic case that the old behaviour
+"""Unit tests of the cascade tumour variant: networks (nnunetv2_ext.cascade.blocks / .network), losses
+(nnunetv2_ext.cascade.loss) and the four fixes of issue 13, each on a small analytic case that the old behaviour
 fails (noted per test)."""
 import math
 
@@ -10,13 +10,14 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 from torch import nn
 
-from nnunetv2_ext.losses.cascade import (PAPER_FOCUS_WEIGHTS, BCEIoULoss, CascadeTumorLoss,
-                                         PaperNormalisedSharedBoundaryLoss, TumourStageLoss, WeightedBCEIoULoss,
-                                         boundary_weight, focus_level_weights, stage1_loss)
+from nnunetv2_ext.cascade.blocks import (ContextExplorationBlock, DualBranchEncoder, FocusModule, LocalisationModule,
+                                        TumourStageNet, truncate_encoder)
+from nnunetv2_ext.cascade.loss import (PAPER_FOCUS_WEIGHTS, BCEIoULoss, CascadeTumorLoss,
+                                       PaperNormalisedSharedBoundaryLoss, TumourStageLoss, WeightedBCEIoULoss,
+                                       boundary_weight, focus_level_weights, stage1_loss)
+from nnunetv2_ext.cascade.network import CascadeTumorNet
 from nnunetv2_ext.losses.shared_boundary import InterClassSharedBoundaryLoss
-from nnunetv2_ext.networks.cascade_tumour import (CascadeTumorNet, ContextExplorationBlock, DualBranchEncoder,
-                                                  FocusModule, LocalisationModule, PlansOps, TumourStageNet,
-                                                  truncate_encoder)
+from nnunetv2_ext.two_stage.ops import PlansOps
 from nnunetv2_ext.two_stage.boxes import bounding_box
 from nnunetv2_ext.two_stage.inference import CaseContext
 from nnunetv2_ext.two_stage.prior import SalientChangeModule

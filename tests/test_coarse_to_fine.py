@@ -11,12 +11,12 @@ from torch import nn
 
 from conftest import make_trainer
 
-from nnunetv2_ext.two_stage.coarse_to_fine import (COARSE_TO_FINE_SCHEDULE, CoarseToFineLoss, CoarseToFineNet,
-                                                   coarse_fallback_warning, coarse_to_fine_schedule, keep_in_graph,
-                                                   reference_organ)
+from nnunetv2_ext.coarse_to_fine.iterative import (IterationLog, IterationRecord, StoppingRule, case_rdsc_curve,
+                                                   iterate_fine_stage, relative_dice)
+from nnunetv2_ext.coarse_to_fine.loss import CoarseToFineLoss, coarse_fallback_warning
+from nnunetv2_ext.coarse_to_fine.network import (COARSE_TO_FINE_SCHEDULE, CoarseToFineNet, coarse_to_fine_schedule,
+                                                 keep_in_graph, reference_organ)
 from nnunetv2_ext.two_stage.crop import crop_with_padding
-from nnunetv2_ext.two_stage.iterative import (IterationLog, IterationRecord, StoppingRule, case_rdsc_curve,
-                                              iterate_fine_stage, relative_dice)
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import STEP_I, STEP_J, STEP_S
 

@@ -2,9 +2,11 @@
 
 - nothing imports ``nnunetv2_ext.trainers`` except nnU-Net's trainer-lookup module (``_nnunet_trainer_path``);
 - ``nnunet_adapters`` (the one place that reaches into nnU-Net's internals) imports no other part of the package;
-- the graph of the package's top-level parts has no cycles, except the edges in ``KNOWN_CYCLE_EDGES``: they are the
-  structure issue's remaining work (one folder per two-stage method) and may only be removed from that list, never
-  added to. A new cycle, or a new import of ``trainers``, fails here.
+- the graph of the package's top-level parts has no cycles (the last one, between ``losses``, ``networks`` and
+  ``two_stage``, went when the two-stage methods got their own folders ``cascade/`` and ``coarse_to_fine/``);
+- method packages import only shared parts (``two_stage``, ``losses``, ``nnunet_adapters``, ...), never each other.
+A new cycle, or a new import of ``trainers``, fails here. Old module paths kept for users (``nnunetv2_ext._moved``)
+look names up by string when used, so they add no edges.
 """
 import ast
 import pathlib
@@ -14,9 +16,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "nnunetv2_ext"
 
-#: part -> part edges that close cycles today (losses <-> networks <-> two_stage); remove them as the code moves
-KNOWN_CYCLE_EDGES = {("losses", "networks"), ("networks", "losses"), ("losses", "two_stage"),
-                     ("two_stage", "losses"), ("networks", "two_stage"), ("two_stage", "networks")}
+METHOD_PACKAGES = {"cascade", "coarse_to_fine", "sampling", "semisupervised"}
 MAY_IMPORT_TRAINERS = {"_nnunet_trainer_path", "trainers"}
 
 
@@ -92,11 +92,37 @@ def test_nnunet_adapters_import_no_other_part():
     assert not offenders, offenders
 
 
-def test_no_new_import_cycles():
+def test_no_import_cycles():
     found = cycle_edges(part_graph(imports()))
-    assert found <= KNOWN_CYCLE_EDGES, f"new cycle edges: {sorted(found - KNOWN_CYCLE_EDGES)}"
-    # a known edge that is gone must leave the list, so the list only shrinks
-    assert found == KNOWN_CYCLE_EDGES, f"remove from KNOWN_CYCLE_EDGES: {sorted(KNOWN_CYCLE_EDGES - found)}"
+    assert not found, f"import cycles between the package's parts: {sorted(found)}"
+
+
+def test_method_packages_do_not_import_each_other():
+    offenders = sorted((a, b) for a, b in imports()
+                       if part(a) in METHOD_PACKAGES and part(b) in METHOD_PACKAGES and part(a) != part(b))
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("old, name, new", [
+    ("nnunetv2_ext.networks.cascade_tumour", "CascadeTumorNet", "nnunetv2_ext.cascade.network"),
+    ("nnunetv2_ext.networks.cascade_tumour", "FocusModule", "nnunetv2_ext.cascade.blocks"),
+    ("nnunetv2_ext.networks.cascade_tumour", "PlansOps", "nnunetv2_ext.two_stage.ops"),
+    ("nnunetv2_ext.networks.mln", "MLNFineNet", "nnunetv2_ext.coarse_to_fine.mln"),
+    ("nnunetv2_ext.losses.cascade", "CascadeTumorLoss", "nnunetv2_ext.cascade.loss"),
+    ("nnunetv2_ext.losses", "CascadeTumorLoss", "nnunetv2_ext.cascade.loss"),
+    ("nnunetv2_ext.two_stage.coarse_to_fine", "CoarseToFineNet", "nnunetv2_ext.coarse_to_fine.network"),
+    ("nnunetv2_ext.two_stage.coarse_to_fine", "CoarseToFineLoss", "nnunetv2_ext.coarse_to_fine.loss"),
+    ("nnunetv2_ext.two_stage.iterative", "IterationLog", "nnunetv2_ext.coarse_to_fine.iterative"),
+])
+def test_moved_modules_keep_their_old_paths_with_a_warning(old, name, new):
+    from importlib import import_module
+    with pytest.warns(DeprecationWarning, match=f"moved to {new}.{name}"):
+        value = getattr(import_module(old), name)
+    assert value is getattr(import_module(new), name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError):
+            getattr(import_module(old), "Nothing")
 
 
 def test_old_import_path_still_works_with_a_warning():

@@ -10,11 +10,12 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunetv2_ext.networks.cascade_tumour import PlansOps
-from nnunetv2_ext.networks.mln import (ASPP, MLNBoundaryTerm, MLNFineNet, MLNHead, MLNOutput,
-                                       coordinates_to_flat_index, flat_index_to_coordinates, split_points,
-                                       unet_decoder_features)
-from nnunetv2_ext.two_stage.coarse_to_fine import CoarseToFineAuxiliary, CoarseToFineLoss, MLNLossWeights
+from nnunetv2_ext.coarse_to_fine.loss import CoarseToFineLoss, MLNLossWeights
+from nnunetv2_ext.coarse_to_fine.mln import (ASPP, MLNBoundaryTerm, MLNFineNet, MLNHead, MLNOutput,
+                                             coordinates_to_flat_index, flat_index_to_coordinates, split_points,
+                                             unet_decoder_features)
+from nnunetv2_ext.coarse_to_fine.network import CoarseToFineAuxiliary
+from nnunetv2_ext.two_stage.ops import PlansOps
 
 
 def _ops():

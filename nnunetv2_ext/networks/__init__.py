@@ -1,5 +1,3 @@
-"""Networks built from nnU-Net plans with dynamic-network-architectures blocks.
-
-- :mod:`nnunetv2_ext.networks.cascade_tumour`: the cascade tumour variant (Qiu et al. 2024): tumour stage
-  (localisation + focusing modules on the plans' encoder) and the two-stage organ -> tumour network.
-"""
+"""Deprecated package: the networks moved to their methods' folders (issue 21): the cascade tumour network to
+:mod:`nnunetv2_ext.cascade`, the multi-level structural network to :mod:`nnunetv2_ext.coarse_to_fine`. The old module
+paths keep working with a DeprecationWarning."""

@@ -1,7 +1,7 @@
 """Cascade tumour variant of nnU-Net (Qiu et al., Front. Oncol. 2024): organ stage, then tumour stage on the organ
 box, as ONE network trained by one trainer.
 
-The network (:class:`nnunetv2_ext.networks.cascade_tumour.CascadeTumorNet`) segments the organ with the plans' U-Net
+The network (:class:`nnunetv2_ext.cascade.network.CascadeTumorNet`) segments the organ with the plans' U-Net
 (stage 1), crops the organ's box (+ margin K) zoomed to the tumour stage's patch, multiplies in the salient-change
 prior and segments the tumour there (stage 2: localisation and focusing modules on the plans' encoder, or the
 dual-branch multi-scale encoder), pastes the tumour back and returns ordinary 3-class logits. ``nnUNetv2_train``,
@@ -28,11 +28,11 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_ext.losses.cascade import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, CascadeTumorLoss,
-                                         PaperNormalisedSharedBoundaryLoss, TumourStageLoss, focus_level_weights,
-                                         stage1_loss)
-from nnunetv2_ext.networks.cascade_tumour import (EMPTY_ORGAN_FALLBACKS, CascadeTumorNet, DualBranchEncoder,
-                                                  TumourStageNet, truncate_encoder)
+from nnunetv2_ext.cascade.blocks import DualBranchEncoder, TumourStageNet, truncate_encoder
+from nnunetv2_ext.cascade.loss import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, CascadeTumorLoss,
+                                       PaperNormalisedSharedBoundaryLoss, TumourStageLoss, focus_level_weights,
+                                       stage1_loss)
+from nnunetv2_ext.cascade.network import EMPTY_ORGAN_FALLBACKS, CascadeTumorNet
 from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.two_stage.boxes import boxes_exceeding_patch, check_margin_leaves_room, margin_in_mm

@@ -1,6 +1,6 @@
 """Coarse-to-fine trainers (issue 12; Liu, Duan, Zeng 2021, after RSTN, Yu et al. 2018): coarse stage, saliency
 transformation, fine stage on the organ box, iterative test at prediction - ONE network
-(:class:`~nnunetv2_ext.two_stage.coarse_to_fine.CoarseToFineNet`) trained by one trainer, so ``nnUNetv2_train``,
+(:class:`~nnunetv2_ext.coarse_to_fine.network.CoarseToFineNet`) trained by one trainer, so ``nnUNetv2_train``,
 ``nnUNetv2_predict`` and the validation at the end of training work unchanged::
 
     nnUNetv2_train ID 2d FOLD -tr nnUNetTrainerCoarseToFine        # plain U-Net fine stage
@@ -8,8 +8,8 @@ transformation, fine stage on the organ box, iterative test at prediction - ONE 
     nnUNetv2_predict -i IN -o OUT -d ID -c 2d -f FOLD -tr nnUNetTrainerCoarseToFine
 
 Binary (one foreground label), 2d only; see ``trainers_docs/nnUNetTrainerCoarseToFine.md``. Everything here is glue:
-the method lives in :mod:`nnunetv2_ext.two_stage.coarse_to_fine` (network, Eq. 13 loss, step schedule),
-:mod:`nnunetv2_ext.two_stage.iterative` (Algorithm 1) and :mod:`nnunetv2_ext.networks.mln` (MLN head).
+the method lives in :mod:`nnunetv2_ext.coarse_to_fine` (network, Eq. 13 loss, step schedule),
+:mod:`nnunetv2_ext.coarse_to_fine.iterative` (Algorithm 1) and :mod:`nnunetv2_ext.coarse_to_fine.mln` (MLN head).
 """
 from __future__ import annotations
 
@@ -27,15 +27,15 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 
-from nnunetv2_ext.networks.mln import MLNBoundaryTerm, MLNFineNet
+from nnunetv2_ext.coarse_to_fine.iterative import PAPER_MAX_ITERATIONS, PAPER_TOL, StoppingRule
+from nnunetv2_ext.coarse_to_fine.loss import CoarseToFineLoss, MLNLossWeights, coarse_fallback_warning
+from nnunetv2_ext.coarse_to_fine.mln import MLNBoundaryTerm, MLNFineNet
+from nnunetv2_ext.coarse_to_fine.network import (PAPER_CROP_MARGIN, RSTN_JOINT_REFERENCE_FRACTION,
+                                                 RSTN_SEPARATE_FRACTION, CoarseToFineNet, coarse_to_fine_schedule,
+                                                 reference_organ)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 from nnunetv2_ext.two_stage.boxes import margin_in_mm, normalise_margin
-from nnunetv2_ext.two_stage.coarse_to_fine import (PAPER_CROP_MARGIN, RSTN_JOINT_REFERENCE_FRACTION,
-                                                   RSTN_SEPARATE_FRACTION, CoarseToFineLoss, CoarseToFineNet,
-                                                   MLNLossWeights, coarse_fallback_warning,
-                                                   coarse_to_fine_schedule, reference_organ)
-from nnunetv2_ext.two_stage.iterative import PAPER_MAX_ITERATIONS, PAPER_TOL, StoppingRule
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import STEP_J, TrainingStep
 
@@ -300,7 +300,7 @@ class nnUNetTrainerCoarseToFineMLN(nnUNetTrainerCoarseToFine):
     besides those of :class:`nnUNetTrainerCoarseToFine`:
 
     - ``mln_weights``: α (region branch) = 1, β (boundary branch) = γ (pixel branch) = 0 for the first half of the
-      run, then 1 (:class:`~nnunetv2_ext.two_stage.coarse_to_fine.MLNLossWeights`).
+      run, then 1 (:class:`~nnunetv2_ext.coarse_to_fine.loss.MLNLossWeights`).
     - ``mln_num_points`` (1024), ``mln_oversample_ratio`` (3), ``mln_importance_ratio`` (0.75): the pixel branch's
       points (N, k, m of the uncertain-point selection).
     - ``mln_branch_channels`` (None = the decoder's last width), ``mln_aspp_rates`` ((2, 4, 6)), ``mln_d_model``

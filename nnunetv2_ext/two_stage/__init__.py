@@ -1,5 +1,5 @@
 """Parts shared by two-stage (organ -> target) methods: the cascade tumour variant (Qiu et al. 2024,
-:mod:`nnunetv2_ext.networks.cascade_tumour`) and the coarse-to-fine scheme (Liu et al.). Trainer-free; unit-tested
+:mod:`nnunetv2_ext.cascade`) and the coarse-to-fine scheme (Liu et al.). Trainer-free; unit-tested
 without nnU-Net.
 
 Shared API (keep it stable; additive changes only, announced in commit messages starting "two_stage:"):

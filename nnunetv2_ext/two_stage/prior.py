@@ -43,7 +43,7 @@ class SalientChangeModule(nn.Module):
         concat_image: append the original image to the weighted one (coarse-to-fine's Eq. 9 form);
             :attr:`out_channels` tells the second stage its input width.
         map_channels: channels of ``p`` (default 1, a stage-1 probability map; the MLN's guidance module feeds its
-            region and boundary saliency maps, :mod:`nnunetv2_ext.networks.mln`).
+            region and boundary saliency maps, :mod:`nnunetv2_ext.coarse_to_fine.mln`).
     Shapes: ``x`` (B, image_channels, *S), ``p`` (B, map_channels, *S) in [0, 1] -> (B, out_channels, *S).
     """
 
