@@ -29,6 +29,9 @@ import os
 import subprocess
 import time
 
+from nnunetv2_ext.coarse_to_fine.iterative import PAPER_MAX_ITERATIONS, PAPER_TOL, StoppingRule, summarise_cases
+from nnunetv2_ext.coarse_to_fine.network import ITERATION_CASE_LOG
+
 TRAINERS_TEMPLATE = '''\
 """Written by scripts/coarse_to_fine_evidence.py: equal training budgets for the comparison."""
 import torch
@@ -144,15 +147,13 @@ def main(argv=None) -> None:
         train_seconds[trainer] = sum(run(["nnUNetv2_train", did, "2d", fold, "-tr", trainer, "-device", a.device],
                                          env, log) for fold in folds)
         out = os.path.join(work, "predictions", trainer)
-        predict_env = dict(env)
-        if trainer in ITERATIVE:
-            predict_env["nnUNet_ext_iteration_log"] = os.path.join(work, f"iterations_{trainer}.json")
         run(["nnUNetv2_predict", "-i", os.path.join(raw, "imagesTs"), "-o", out, "-d", did, "-c", "2d", "-f",
-             *folds, "-tr", trainer, "-device", a.device, "-npp", "1", "-nps", "1"], predict_env, log)
+             *folds, "-tr", trainer, "-device", a.device, "-npp", "1", "-nps", "1"], env, log)
         predictions[trainer] = out
-        if trainer in ITERATIVE:
-            with open(predict_env["nnUNet_ext_iteration_log"], encoding="utf-8") as f:
-                iterations[trainer] = json.load(f)
+        if trainer in ITERATIVE:  # one JSON line per case and fold, written by the prediction
+            with open(os.path.join(out, ITERATION_CASE_LOG), encoding="utf-8") as f:
+                records = [json.loads(line) for line in f]
+            iterations[trainer] = summarise_cases(records, StoppingRule(PAPER_TOL, PAPER_MAX_ITERATIONS))
 
     comparison = os.path.join(work, "comparison")
     cmd = ["nnUNetv2_ext_compare", os.path.join(raw, "labelsTs"), *predictions.values(), "--names",

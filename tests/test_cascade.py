@@ -19,7 +19,7 @@ from nnunetv2_ext.cascade.network import CascadeTumorNet
 from nnunetv2_ext.losses.shared_boundary import InterClassSharedBoundaryLoss
 from nnunetv2_ext.two_stage.ops import PlansOps
 from nnunetv2_ext.two_stage.boxes import bounding_box
-from nnunetv2_ext.two_stage.inference import CaseContext
+from nnunetv2_ext.nnunet_adapters.predictor import CaseContext, finish_case
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 
 
@@ -212,13 +212,11 @@ def test_prediction_crops_the_organ_box_of_the_whole_case_once(dim, monkeypatch)
         calls.append(tuple(x.shape))
         return original(x)
     monkeypatch.setattr(net.stage2, "forward", spy)
-    lines = []
-    ctx = CaseContext(case="case_1", spacing=(2.0, 0.5, 0.5), patch_size=(8, 16, 16) if dim == 3 else (16, 16),
-                      log=lines.append)
+    ctx = CaseContext(case="case_1", spacing=(2.0, 0.5, 0.5), patch_size=(8, 16, 16) if dim == 3 else (16, 16))
     with torch.no_grad():
-        logits = net.predict_case_logits(data, ctx)
+        prediction = net.predict_case_logits(data, ctx)
+    logits, record, lines = prediction.logits, prediction.record, prediction.lines
     assert logits.shape == (3, 8, 40, 40)
-    record = net.last_case_record
     assert record["organ_found"] and record["tumour_stage_ran"]
     assert record["organ_box_voxels"] == [[2, 5], [5, 35], [8, 28]] and record["organ_box_mm"] == [6.0, 15.0, 10.0]
     crop = record["crop_box_voxels"]
@@ -238,7 +236,7 @@ def test_prediction_with_empty_stage1_gives_empty_tumour_and_a_warning(tmp_path)
     ctx = CaseContext(case="case_empty", spacing=(2.0, 0.5, 0.5), patch_size=(16, 16), log=lines.append,
                       output_folder=str(tmp_path))
     with torch.no_grad():
-        logits = net.predict_case_logits(torch.zeros(1, 4, 20, 20), ctx)
+        logits = finish_case(net.predict_case_logits(torch.zeros(1, 4, 20, 20), ctx), ctx)  # the adapter's step
     assert (logits.argmax(0) == 0).all()
     assert lines == ["WARNING: Cascade: case_empty: stage 1 found no organ; tumour label left empty (tumour stage "
                      "not run)"]

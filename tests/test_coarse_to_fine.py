@@ -201,7 +201,6 @@ def _toy_net(shift=0, margin=2, rule=StoppingRule(0.99, 10), random_margins=0.0)
     net = CoarseToFineNet(ToyCoarse(shift), ToyFine(), SalientChangeModule(nn.Conv2d, 1, concat_image=True),
                           total_stride=(4, 4), crop_margin=margin, stopping_rule=rule,
                           random_margin_probability=random_margins)
-    net.report_at_exit = False
     return net
 
 
@@ -278,7 +277,7 @@ def test_iterative_test_refines_until_rdsc_converges():
     assert torch.equal(net.fine.seen[1], crop_with_padding(x0, ((6, 18), (5, 17))))
 
     net.stopping_rule = net.iteration_log.rule = StoppingRule(0.99, 1)
-    net.eval()  # next case
+    net.iteration_log.start_case("next")
     with torch.no_grad():
         net(x)
     assert len(net.iteration_log.cases) == 2 and net.iteration_log.cases[1][0].iterations == 1
@@ -439,3 +438,28 @@ def test_coarse_fallback_warning_only_in_predicted_box_steps_above_a_quarter():
     text = coarse_fallback_warning(26, 100, False, 0.3)
     assert text.startswith("WARNING: the coarse stage found no organ in 26 of 100") and "omega1, now 0.3" in text
     assert coarse_fallback_warning(100, 100, True, 0.3) is None  # steps S / I crop from the reference anyway
+
+
+def test_whole_case_prediction_names_the_case_and_returns_its_record():
+    """The case-level path (nnunet_adapters.predictor): every slice of the case goes through the iterative test,
+    the records are grouped under the case's name, and the case's summary comes back for the JSONL log (the network
+    writes nothing itself)."""
+    from nnunetv2_ext.coarse_to_fine.network import ITERATION_CASE_LOG
+    from nnunetv2_ext.nnunet_adapters.predictor import CaseContext
+    net = _toy_net(shift=3).eval()
+    case = torch.cat([_image()[0], _image()[0]], 0)[None]  # (C 1, Z 2, Y 32, X 32): two identical slices
+    with torch.no_grad():
+        direct = net(_image())  # recorded as an unnamed case
+        prediction = net.predict_case_logits(case, CaseContext("case_3", (3.0, 1.0, 1.0), (32, 32)))
+    assert prediction.logits.shape == (2, 2, 32, 32)
+    assert torch.allclose(prediction.logits[:, 0], direct[0], atol=1e-5)  # one tile = the slice: same output
+    assert prediction.log_name == ITERATION_CASE_LOG
+    assert prediction.record["case"] == "case_3" and prediction.record["inputs"] == 2
+    assert prediction.record["iterations"] == 2 and prediction.lines[0].startswith("Coarse-to-fine: case case_3:")
+    with torch.no_grad():  # test-time mirroring over both in-plane axes: 4 inputs per slice
+        mirrored = net.predict_case_logits(case, CaseContext("case_4", None, (32, 32), mirror_axes=(0, 1)))
+    assert mirrored.record["inputs"] == 8 and net.iteration_log.names[-1] == "case_4"
+    net.iterative_test = False
+    with torch.no_grad():
+        single = net.predict_case_logits(case, CaseContext("case_5", None, (32, 32)))
+    assert single.record is None and net.iteration_log.names == [None, "case_3", "case_4"]  # nothing recorded

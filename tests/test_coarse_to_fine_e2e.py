@@ -47,12 +47,10 @@ def c2f_run(phantom_2d, nnunet_dirs, tmp_path_factory):
     raw = phantom_2d
     train_log = run_cmd(["nnUNetv2_train", C2F_ID, "2d", "0", "-tr", TRAINER, "-device", "cpu"], timeout=1200)
     pred = tmp_path_factory.mktemp("c2f_pred")
-    iteration_json = pred.parent / "c2f_pred_iterations.json"
     predict_out = run_cmd(["nnUNetv2_predict", "-i", f"{raw}/imagesTs", "-o", pred, "-d", C2F_ID, "-c", "2d",
-                           "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"],
-                          env={"nnUNet_ext_iteration_log": str(iteration_json)})
+                           "-f", "0", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1"])
     return {"raw": raw, "pred": pred, "fold": _fold_dir(nnunet_dirs, TRAINER, 0), "train_output": train_log,
-            "predict_output": predict_out, "iteration_json": iteration_json}
+            "predict_output": predict_out}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +97,10 @@ def test_validation_runs_the_iterative_test_and_logs_it_per_case(c2f_run):
         assert 0 <= c["iterations"] <= 3 and len(c["rdsc"]) == c["iterations"]
     assert any(c["iterations"] >= 1 for c in it["per_case"]), it  # the fine stage ran on found organs
     assert "summary: 2 cases, mean iterations" in _log(fold)
+    records = [json.loads(line) for line in (fold / "validation" / "coarse_to_fine_iterations.jsonl").open()]
+    assert sorted(r["case"] for r in records) == val_cases
+    for case in val_cases:
+        assert f"Coarse-to-fine: case {case}: iterations" in _log(fold)
 
 
 def test_model_shared_as_zip_predicts_the_same(c2f_run, tmp_path):
@@ -116,11 +118,12 @@ def test_prediction_with_iterations_and_per_case_log(c2f_run):
         assert out.GetSize() == ref.GetSize() and np.allclose(out.GetSpacing(), ref.GetSpacing())
         assert set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1}
     text = c2f_run["predict_output"]
-    assert "Coarse-to-fine iterative test (Algorithm 1, tol 0.99, T_max 3):" in text
-    assert len(re.findall(r"case #\d+: iterations \d", text)) == 2 and "summary: 2 cases" in text
-    it = json.loads(c2f_run["iteration_json"].read_text())
-    assert it["cases"] == 2 and all(c["inputs"] == 24 for c in it["per_case"])
-    assert any(c["iterations"] >= 1 for c in it["per_case"])
+    names = [c[:-len(".nii.gz")] for c in cases]
+    for name in names:  # one line per case, named by its output file (no more numbering at exit)
+        assert f"Coarse-to-fine: case {name}: iterations" in text
+    records = [json.loads(line) for line in (pred / "coarse_to_fine_iterations.jsonl").open()]
+    assert sorted(r["case"] for r in records) == names and all(r["inputs"] == 24 for r in records)
+    assert any(r["iterations"] >= 1 for r in records)
     organ_dice = []
     for name in cases:
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / name))) == 1

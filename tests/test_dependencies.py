@@ -113,6 +113,8 @@ def test_method_packages_do_not_import_each_other():
     ("nnunetv2_ext.two_stage.coarse_to_fine", "CoarseToFineNet", "nnunetv2_ext.coarse_to_fine.network"),
     ("nnunetv2_ext.two_stage.coarse_to_fine", "CoarseToFineLoss", "nnunetv2_ext.coarse_to_fine.loss"),
     ("nnunetv2_ext.two_stage.iterative", "IterationLog", "nnunetv2_ext.coarse_to_fine.iterative"),
+    ("nnunetv2_ext.two_stage.inference", "sliding_window", "nnunetv2_ext.nnunet_adapters.predictor"),
+    ("nnunetv2_ext.two_stage.inference", "unwrap_network", "nnunetv2_ext.nnunet_adapters.network"),
 ])
 def test_moved_modules_keep_their_old_paths_with_a_warning(old, name, new):
     from importlib import import_module

@@ -229,7 +229,7 @@ def test_organ_centred_loader_holds_the_whole_organ_box_plus_margin(two_d):
 
 # ------------------------------------------------------------------ case-level prediction helpers
 def test_sliding_window_and_mirroring_reproduce_a_pointwise_function():
-    from nnunetv2_ext.two_stage.inference import mirrored, sliding_window
+    from nnunetv2_ext.nnunet_adapters.predictor import mirrored, sliding_window
     image = torch.rand(1, 5, 23, 30)
 
     def fn(tile):
@@ -247,26 +247,33 @@ def test_predictor_hook_hands_case_level_networks_the_whole_case(tmp_path):
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunetv2_ext.two_stage.inference import current_case, install_case_level_prediction, write_case_record
+    from nnunetv2_ext.nnunet_adapters.predictor import (CasePrediction, DeclaredCase, case_declared,
+                                                        declared_case, install_case_level_prediction,
+                                                        write_case_record)
     install_case_level_prediction()
-    install_case_level_prediction()  # idempotent
-    seen = {}
+    patched = nnUNetPredictor.predict_sliding_window_return_logits
+    install_case_level_prediction()  # idempotent: not wrapped twice
+    assert nnUNetPredictor.predict_sliding_window_return_logits is patched
+    seen, lines = {}, []
 
     class CaseNet(nn.Module):
         def predict_case_logits(self, data, context):
             seen.update(shape=tuple(data.shape), case=context.case, spacing=context.spacing,
                         mirror=context.mirror_axes, folder=context.output_folder)
-            return torch.zeros(3, *data.shape[1:])
+            return CasePrediction(torch.zeros(3, *data.shape[1:]), {"case": context.case}, ["one line"], "x.jsonl")
 
+    net = CaseNet()
     predictor = SimpleNamespace(
-        network=CaseNet(), device=torch.device("cpu"), tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+        network=net, device=torch.device("cpu"), tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
         allowed_mirroring_axes=(0, 1), plans_manager=SimpleNamespace(transpose_forward=[0, 1, 2]),
         configuration_manager=SimpleNamespace(spacing=[0.8, 0.8], patch_size=[32, 32]))
-    with current_case("case_7", {"spacing": [2.5, 0.7, 0.7]}, str(tmp_path)):
+    with case_declared(net, DeclaredCase("case_7", {"spacing": [2.5, 0.7, 0.7]}, str(tmp_path), lines.append)):
         out = nnUNetPredictor.predict_sliding_window_return_logits(predictor, torch.rand(1, 4, 10, 12))
+    assert declared_case(net) == DeclaredCase()  # the declaration ends with the block
     assert out.shape == (3, 4, 10, 12)
     assert seen == {"shape": (1, 4, 10, 12), "case": "case_7", "spacing": (2.5, 0.8, 0.8), "mirror": (0, 1),
                     "folder": str(tmp_path)}
+    assert lines == ["one line"] and (tmp_path / "x.jsonl").read_text().count('"case": "case_7"') == 1
     path = write_case_record(str(tmp_path), "log.jsonl", {"case": "case_7", "box": (1, 2)})
     write_case_record(str(tmp_path), "log.jsonl", {"case": "case_8"})
     lines = open(path).read().splitlines()
@@ -288,3 +295,14 @@ def test_largest_component_and_jittered_margins():
     assert values.min() >= 6 and values.max() <= 10 and len(set(values)) > 2
     assert grow_box(((5, 6), (5, 6)), ((1, 2), (3, 4))) == ((4, 8), (2, 10))
     assert jitter_margin(8, 2, 0.0) == ((8, 8), (8, 8))
+
+
+def test_sliding_window_visits_each_slice_once_with_2d_tiles():
+    from nnunetv2_ext.nnunet_adapters.predictor import sliding_window
+    calls = []
+
+    def fn(tile):
+        calls.append(tuple(tile.shape))
+        return tile
+    sliding_window(fn, torch.rand(1, 7, 16, 16), (1, 16, 16), num_channels=1)
+    assert len(calls) == 7  # nnU-Net's 2d prediction: one tile per slice, not the step formula's 13

@@ -21,7 +21,7 @@ from nnunetv2_ext.cascade.blocks import TumourStageNet
 from nnunetv2_ext.two_stage.boxes import (Box, bounding_box, case_boxes, fit_box_to_patch, format_box, grow_box,
                                           jitter_margin, largest_component, normalise_margin, whole_box)
 from nnunetv2_ext.two_stage.crop import crop_and_resize, resize_and_paste, resize_to
-from nnunetv2_ext.two_stage.inference import CaseContext, mirrored, sliding_window, write_case_record
+from nnunetv2_ext.nnunet_adapters.predictor import CaseContext, CasePrediction, mirrored, sliding_window
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 
 EMPTY_ORGAN_FALLBACKS = ("no_tumour", "whole_image")
@@ -106,8 +106,6 @@ class CascadeTumorNet(nn.Module):
         self._reference_organ: Optional[torch.Tensor] = None
         self.record_auxiliary = False
         self.auxiliary: Optional[CascadeAuxiliary] = None
-        self.case_logger = None  # callable(str) for the per-case lines at prediction (print when None)
-        self.last_case_record: Optional[dict] = None
         self.reset_counters()
 
     # ------------------------------------------------------------------ state
@@ -235,11 +233,11 @@ class CascadeTumorNet(nn.Module):
         return self.combine(organ_log_prob, tumour_logit)
 
     # ------------------------------------------------------------------ prediction: the whole case
-    def predict_case_logits(self, data: torch.Tensor, context: CaseContext) -> torch.Tensor:
+    def predict_case_logits(self, data: torch.Tensor, context: CaseContext) -> CasePrediction:
         """The whole preprocessed case (C, Z, Y, X) -> (3, Z, Y, X) log-probabilities: one stage-1 pass over the case
         (sliding window with nnU-Net's tiles, steps, Gaussian and mirroring), the organ box on the whole case (2d
-        configuration: per slice), stage 2 on each crop. Logs one line per case and appends a JSON record to
-        ``cascade_prediction_log.jsonl`` in the output folder."""
+        configuration: per slice), stage 2 on each crop. Returns the logits with one log line and one JSON record for
+        ``cascade_prediction_log.jsonl`` in the output folder (written by the predictor adapter)."""
         crop_ndim = len(self.stage2_patch_size)
         patch = tuple(context.patch_size)
         if len(patch) != crop_ndim:
@@ -278,11 +276,12 @@ class CascadeTumorNet(nn.Module):
                                              context.mirror_axes)[0][0]
             ran = box is not None
         logits = self.combine(organ_log_prob[None], tumour_logit[None])[0]
-        self._log_case(context, found, crop_boxes, ran, int((logits.argmax(0) == 2).sum()), data.shape[1:])
-        return logits
+        record, line = self._case_report(context, found, crop_boxes, ran, int((logits.argmax(0) == 2).sum()),
+                                         data.shape[1:])
+        return CasePrediction(logits, record, [line], PREDICTION_LOG)
 
-    def _log_case(self, context: CaseContext, found, crop_boxes: Dict, ran: bool, tumour_voxels: int,
-                  shape) -> None:
+    def _case_report(self, context: CaseContext, found, crop_boxes: Dict, ran: bool, tumour_voxels: int,
+                     shape) -> Tuple[dict, str]:
         spacing = context.spacing
         crop_ndim = len(self.stage2_patch_size)
         crop_union = None
@@ -303,18 +302,16 @@ class CascadeTumorNet(nn.Module):
             "slices_with_organ": len(found.boxes) if crop_ndim == 2 else None,
             "tumour_voxels": tumour_voxels,
         }
-        self.last_case_record = record
-        log = context.log or print
         if not found.found:
-            log(f"WARNING: Cascade: {context.case_name}: stage 1 found no organ; "
-                + ("tumour label left empty (tumour stage not run)" if not ran else
-                   "fallback 'whole_image': tumour stage ran on the whole image"))
+            line = (f"WARNING: Cascade: {context.case_name}: stage 1 found no organ; "
+                    + ("tumour label left empty (tumour stage not run)" if not ran else
+                       "fallback 'whole_image': tumour stage ran on the whole image"))
         else:
             where = f" on {len(found.boxes)} slices" if crop_ndim == 2 else ""
-            log(f"Cascade: {context.case_name}: stage 1 found the organ{where}; organ box "
-                f"{format_box(found.union, spacing)}; crop box (K = {self.crop_margin} voxels) "
-                f"{format_box(crop_union)}; tumour stage ran, {tumour_voxels} tumour voxels")
-        write_case_record(context.output_folder, PREDICTION_LOG, record)
+            line = (f"Cascade: {context.case_name}: stage 1 found the organ{where}; organ box "
+                    f"{format_box(found.union, spacing)}; crop box (K = {self.crop_margin} voxels) "
+                    f"{format_box(crop_union)}; tumour stage ran, {tumour_voxels} tumour voxels")
+        return record, line
 
 
 def _touches_border(mask: torch.Tensor) -> bool:

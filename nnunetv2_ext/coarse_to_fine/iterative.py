@@ -145,20 +145,30 @@ class IterationLog:
     def __init__(self, rule: StoppingRule):
         self.rule = rule
         self.cases: List[List[IterationRecord]] = []
+        self.names: List[Optional[str]] = []
         self._open = False
+        self._next_name: Optional[str] = None
 
-    def start_case(self) -> None:
-        """The next records belong to a new case (a case without records is dropped)."""
+    def start_case(self, name: Optional[str] = None) -> None:
+        """The next records belong to a new case, named ``name`` (a case without records is dropped)."""
         self._open = False
+        self._next_name = name
 
     def add(self, record: IterationRecord) -> None:
         if not self._open:
             self.cases.append([])
+            self.names.append(self._next_name)
             self._open = True
         self.cases[-1].append(record)
 
     def reset(self) -> None:
-        self.cases, self._open = [], False
+        self.cases, self.names, self._open, self._next_name = [], [], False, None
+
+    def last_case_summary(self) -> Optional[dict]:
+        """:meth:`case_summary` of the last case (None before any record)."""
+        if not self.cases:
+            return None
+        return self.case_summary(self.cases[-1], self.names[-1] or f"#{len(self.cases)}")
 
     def case_summary(self, records: Sequence[IterationRecord], name: str) -> dict:
         refined = [r for r in records if not r.coarse_empty]
@@ -177,40 +187,17 @@ class IterationLog:
     def case_summaries(self, names: Optional[Sequence[str]] = None) -> List[dict]:
         if names is not None and len(names) != len(self.cases):
             raise ValueError(f"{len(names)} case names for {len(self.cases)} recorded cases")
-        names = list(names) if names is not None else [f"#{i + 1}" for i in range(len(self.cases))]
+        if names is None:
+            names = [n if n is not None else f"#{i + 1}" for i, n in enumerate(self.names)]
         return [self.case_summary(records, n) for records, n in zip(self.cases, names)]
 
     def summary(self, names: Optional[Sequence[str]] = None) -> dict:
         """Table 4 of the paper: per case, and mean iterations / converged fraction over cases."""
-        cases = self.case_summaries(names)
-        n = len(cases)
-        longest = max((len(c["rdsc"]) for c in cases), default=0)
-        mean_rdsc = []
-        for t in range(longest):
-            values = [c["rdsc"][t] if t < len(c["rdsc"]) else 1.0 for c in cases if c["rdsc"]]
-            mean_rdsc.append(round(sum(values) / len(values), 6))
-        return {
-            "tol": self.rule.tol,
-            "max_iterations": self.rule.max_iterations,
-            "cases": n,
-            "mean_iterations": (sum(c["iterations"] for c in cases) / n) if n else 0.0,
-            "converged_fraction": (sum(c["converged"] for c in cases) / n) if n else 0.0,
-            "mean_rdsc_by_iteration": mean_rdsc,
-            "per_case": cases,
-        }
+        return summarise_cases(self.case_summaries(names), self.rule)
 
     def format(self, names: Optional[Sequence[str]] = None) -> str:
         """Human-readable per-case lines and the summary line."""
-        s = self.summary(names)
-        lines = [f"Coarse-to-fine iterative test (Algorithm 1, tol {s['tol']:g}, T_max {s['max_iterations']}):"]
-        for c in s["per_case"]:
-            curve = " ".join(f"{v:.4f}" for v in c["rdsc"]) or "-"
-            lines.append(f"  case {c['case']}: iterations {c['iterations']} (mean {c['mean_iterations']:.2f} over "
-                         f"{c['inputs_refined']}/{c['inputs']} refined inputs), converged "
-                         f"{'yes' if c['converged'] else 'no'}, RDSC per iteration {curve}")
-        lines.append(f"  summary: {s['cases']} cases, mean iterations {s['mean_iterations']:.2f}, converged "
-                     f"{100 * s['converged_fraction']:.1f} %")
-        return "\n".join(lines)
+        return format_summary(self.summary(names))
 
     def write_json(self, path: str, names: Optional[Sequence[str]] = None) -> dict:
         """Writes :meth:`summary` to ``path`` (atomically: a temporary file renamed into place); returns it."""
@@ -220,3 +207,42 @@ class IterationLog:
             json.dump(s, f, indent=1)
         os.replace(tmp, path)
         return s
+
+
+def summarise_cases(cases: Sequence[dict], rule: StoppingRule) -> dict:
+    """Table 4 of the paper from per-case summaries (:meth:`IterationLog.case_summary`, or the records of
+    ``coarse_to_fine_iterations.jsonl`` that ``nnUNetv2_predict`` writes): mean iterations, converged fraction, mean
+    RDSC per round (a case that stopped counts as 1 in later rounds)."""
+    cases = list(cases)
+    n = len(cases)
+    longest = max((len(c["rdsc"]) for c in cases), default=0)
+    mean_rdsc = []
+    for t in range(longest):
+        values = [c["rdsc"][t] if t < len(c["rdsc"]) else 1.0 for c in cases if c["rdsc"]]
+        mean_rdsc.append(round(sum(values) / len(values), 6))
+    return {
+        "tol": rule.tol,
+        "max_iterations": rule.max_iterations,
+        "cases": n,
+        "mean_iterations": (sum(c["iterations"] for c in cases) / n) if n else 0.0,
+        "converged_fraction": (sum(c["converged"] for c in cases) / n) if n else 0.0,
+        "mean_rdsc_by_iteration": mean_rdsc,
+        "per_case": cases,
+    }
+
+
+def format_case(c: dict) -> str:
+    """One line for a case summary."""
+    curve = " ".join(f"{v:.4f}" for v in c["rdsc"]) or "-"
+    return (f"case {c['case']}: iterations {c['iterations']} (mean {c['mean_iterations']:.2f} over "
+            f"{c['inputs_refined']}/{c['inputs']} refined inputs), converged {'yes' if c['converged'] else 'no'}, "
+            f"RDSC per iteration {curve}")
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable per-case lines and the summary line of :func:`summarise_cases`."""
+    lines = [f"Coarse-to-fine iterative test (Algorithm 1, tol {s['tol']:g}, T_max {s['max_iterations']}):"]
+    lines += [f"  {format_case(c)}" for c in s["per_case"]]
+    lines.append(f"  summary: {s['cases']} cases, mean iterations {s['mean_iterations']:.2f}, converged "
+                 f"{100 * s['converged_fraction']:.1f} %")
+    return "\n".join(lines)

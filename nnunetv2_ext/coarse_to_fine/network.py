@@ -24,25 +24,25 @@ that the fine stage learns to answer "no organ" in such a box, as it must at tes
 
 Inference (``eval()``, :attr:`iterative_test` on): Algorithm 1 (:mod:`nnunetv2_ext.coarse_to_fine.iterative`) per input:
 the fine stage is applied repeatedly, each round's prediction giving the next box and saliency map, until the RDSC of
-successive masks reaches ``tol`` or ``T_max`` rounds; the records go to :attr:`iteration_log`, one case per call of
-``eval()`` (nnU-Net's predictor calls it once per case and fold before its sliding window, in ``nnUNetv2_predict`` and
-in the validation at the end of training). :attr:`iterative_test` off: one fine pass with predicted boxes (the
-trainer's per-epoch validation loss).
+successive masks reaches ``tol`` or ``T_max`` rounds; the records go to :attr:`iteration_log`. The network is a
+case-level network (:mod:`nnunetv2_ext.nnunet_adapters.predictor`): :meth:`CoarseToFineNet.predict_case_logits` gets
+each whole case from ``nnUNetv2_predict`` and the end-of-training validation, so the iteration records are grouped
+and named by case, and each case's summary goes to ``coarse_to_fine_iterations.jsonl`` in the output folder.
+:attr:`iterative_test` off: one fine pass with predicted boxes (the trainer's per-epoch validation loss).
 
 The loss (Eq. 13) is in :mod:`nnunetv2_ext.coarse_to_fine.loss`.
 """
 from __future__ import annotations
 
-import atexit
-import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from nnunetv2_ext.coarse_to_fine.iterative import IterationLog, StoppingRule, iterate_fine_stage
+from nnunetv2_ext.coarse_to_fine.iterative import IterationLog, StoppingRule, format_case, iterate_fine_stage
 from nnunetv2_ext.coarse_to_fine.mln import MLNOutput
+from nnunetv2_ext.nnunet_adapters.predictor import CaseContext, CasePrediction, mirrored, sliding_window
 from nnunetv2_ext.two_stage.boxes import Box, bounding_box, expand_box, normalise_margin
 from nnunetv2_ext.two_stage.crop import crop_with_padding, paste_crop
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
@@ -52,7 +52,8 @@ from nnunetv2_ext.two_stage.steps import STEP_I, STEP_J, STEP_S, StepSchedule, T
 RSTN_SEPARATE_FRACTION = 1 / 8
 RSTN_JOINT_REFERENCE_FRACTION = 3 / 8
 PAPER_CROP_MARGIN = 20
-ITERATION_LOG_ENV = "nnUNet_ext_iteration_log"
+ITERATION_CASE_LOG = "coarse_to_fine_iterations.jsonl"
+"""Per-case summaries of the iterative test, one JSON line per case, in the prediction's output folder."""
 
 
 def coarse_to_fine_schedule(separate_fraction: float = RSTN_SEPARATE_FRACTION,
@@ -117,8 +118,6 @@ class CoarseToFineNet(nn.Module):
         self.auxiliary: Optional[CoarseToFineAuxiliary] = None
         self._reference: Optional[torch.Tensor] = None
         self.iteration_log = IterationLog(stopping_rule)
-        self.report_at_exit = True
-        self._exit_hook = False
 
     # ------------------------------------------------------------------ state set by the trainer
     def set_step(self, step: TrainingStep) -> None:
@@ -129,11 +128,6 @@ class CoarseToFineNet(nn.Module):
     def set_reference(self, organ_mask: Optional[torch.Tensor]) -> None:
         """Reference organ mask (B, *S) (bool) for the next forward calls (boxes in steps S and I, fallback in J)."""
         self._reference = organ_mask
-
-    def train(self, mode: bool = True):
-        if not mode:  # nnU-Net's predictor calls eval() once per case (and fold) before its sliding window
-            self.iteration_log.start_case()
-        return super().train(mode)
 
     # ------------------------------------------------------------------ building blocks
     def crop_box(self, mask: torch.Tensor, randomise: bool = False) -> Optional[Box]:
@@ -243,31 +237,34 @@ class CoarseToFineNet(nn.Module):
                                                 refine, self.stopping_rule)
             self.iteration_log.add(record)
             outputs.append(output)
-        self._register_exit_report()
         return torch.cat(outputs, dim=0)
 
-    # ------------------------------------------------------------------ reporting outside the trainer
-    def _register_exit_report(self) -> None:
-        if not self._exit_hook:
-            self._exit_hook = True
-            atexit.register(_report_at_exit, self)  # a strong reference: nnU-Net drops its predictor first
+    # ------------------------------------------------------------------ prediction: the whole case
+    def predict_case_logits(self, data: torch.Tensor, context: CaseContext) -> CasePrediction:
+        """The whole preprocessed case (C, *S) -> (2, *S): nnU-Net's sliding window (its tiles, steps, Gaussian and
+        mirroring) over :meth:`forward`, i.e. the iterative test on every tile (2d configuration: every slice), with
+        the records grouped under the case's name; returns one log line and the case's summary as a JSON record."""
+        patch = tuple(context.patch_size)
+        network = mirrored(self, context.mirror_axes)  # axes of the network's input, as nnU-Net mirrors them
+        if len(patch) == data.ndim - 2:  # 2d network on a (C, Z, Y, X) case: tiles are single slices
+            def tile_fn(t):
+                return network(t[:, :, 0])[:, :, None]
+            tile = (1, *patch)
+        else:
+            tile_fn, tile = network, patch
+        cases_before = len(self.iteration_log.cases)
+        self.iteration_log.start_case(context.case_name)
+        logits = sliding_window(tile_fn, data, tile, 2, context.tile_step_size, context.use_gaussian)
+        if len(self.iteration_log.cases) == cases_before:  # iterative test off: nothing recorded
+            return CasePrediction(logits)
+        summary = self.iteration_log.last_case_summary()
+        return CasePrediction(logits, summary, [f"Coarse-to-fine: {format_case(summary)}"], ITERATION_CASE_LOG)
 
     def report(self, names: Optional[Sequence[str]] = None, json_path: Optional[str] = None) -> str:
         """The per-case lines and the summary of :attr:`iteration_log` (and the JSON file if a path is given)."""
         if json_path:
             self.iteration_log.write_json(json_path, names)
         return self.iteration_log.format(names)
-
-
-def _report_at_exit(net: "CoarseToFineNet") -> None:
-    """``nnUNetv2_predict``: nothing tells the network the file names, so the cases are numbered in prediction order
-    (one per case and fold); the table goes to stdout, and to the JSON file named by $nnUNet_ext_iteration_log."""
-    if not net.report_at_exit or not net.iteration_log.cases:
-        return
-    path = os.environ.get(ITERATION_LOG_ENV)
-    print(net.report(json_path=path))
-    if path:
-        print(f"Coarse-to-fine iterative test log written to {path}")
 
 
 def reference_organ(target: torch.Tensor, organ_label: int = 1) -> torch.Tensor:

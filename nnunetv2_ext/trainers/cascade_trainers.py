@@ -6,7 +6,7 @@ The network (:class:`nnunetv2_ext.cascade.network.CascadeTumorNet`) segments the
 prior and segments the tumour there (stage 2: localisation and focusing modules on the plans' encoder, or the
 dual-branch multi-scale encoder), pastes the tumour back and returns ordinary 3-class logits. ``nnUNetv2_train``,
 ``nnUNetv2_predict`` and the validation at the end of training work unchanged and write labels {0 background,
-1 organ, 2 tumour}; at prediction the box is found on the whole case (see :mod:`nnunetv2_ext.two_stage.inference`).
+1 organ, 2 tumour}; at prediction the box is found on the whole case (see :mod:`nnunetv2_ext.nnunet_adapters.predictor`).
 
 Commands (2d or 3d_fullres)::
 
@@ -34,11 +34,13 @@ from nnunetv2_ext.cascade.loss import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, Casca
                                        stage1_loss)
 from nnunetv2_ext.cascade.network import EMPTY_ORGAN_FALLBACKS, CascadeTumorNet
 from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
+from nnunetv2_ext.nnunet_adapters.network import unwrap_network
+from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
+                                                    validation_dataset_declaring_cases)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.two_stage.boxes import boxes_exceeding_patch, check_margin_leaves_room, margin_in_mm
 from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
 from nnunetv2_ext.two_stage.data_loader import OrganCentredDataLoader
-from nnunetv2_ext.two_stage.inference import install_case_level_prediction, set_current_case, unwrap_network
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
                                           StepSchedule, TrainingStep, cascade_schedule)
@@ -315,26 +317,15 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         net = self.cascade_network
         net.record_auxiliary = False
         net.set_reference_organ(None)
-        net.case_logger = self.print_to_log_file
         original_dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
-        folder = os.path.join(self.output_folder, "validation")
-
-        class _NamingDataset(original_dataset_class):
-            """Declares each validation case to the case-level predictor (its log names the case)."""
-
-            def load_case(self, identifier):
-                loaded = super().load_case(identifier)
-                set_current_case(identifier, loaded[3], folder)
-                return loaded
-
-        self.dataset_class = _NamingDataset
+        self.dataset_class = validation_dataset_declaring_cases(
+            original_dataset_class, net, os.path.join(self.output_folder, "validation"), self.print_to_log_file)
         try:
             super().perform_actual_validation(save_probabilities)
         finally:
             self.dataset_class = original_dataset_class
-            set_current_case(None)
+            declare_case(net, None)
             net.record_auxiliary = True
-            net.case_logger = None
 
 
 class nnUNetTrainerCascadeTumorDualBranch(nnUNetTrainerCascadeTumor):

@@ -25,7 +25,6 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
-from torch._dynamo import OptimizedModule
 
 from nnunetv2_ext.coarse_to_fine.iterative import PAPER_MAX_ITERATIONS, PAPER_TOL, StoppingRule
 from nnunetv2_ext.coarse_to_fine.loss import CoarseToFineLoss, MLNLossWeights, coarse_fallback_warning
@@ -33,6 +32,9 @@ from nnunetv2_ext.coarse_to_fine.mln import MLNBoundaryTerm, MLNFineNet
 from nnunetv2_ext.coarse_to_fine.network import (PAPER_CROP_MARGIN, RSTN_JOINT_REFERENCE_FRACTION,
                                                  RSTN_SEPARATE_FRACTION, CoarseToFineNet, coarse_to_fine_schedule,
                                                  reference_organ)
+from nnunetv2_ext.nnunet_adapters.network import unwrap_network
+from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
+                                                    validation_dataset_declaring_cases)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 from nnunetv2_ext.two_stage.boxes import margin_in_mm, normalise_margin
@@ -42,6 +44,7 @@ from nnunetv2_ext.two_stage.steps import STEP_J, TrainingStep
 __all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN", "nnUNetTrainerCoarseToFineTiny",
            "nnUNetTrainerCoarseToFineMLNTiny"]
 
+install_case_level_prediction()  # nnUNetv2_predict hands the network whole cases (nnunet_adapters.predictor)
 ITERATION_LOG_NAME = "coarse_to_fine_iterations.json"
 
 
@@ -163,8 +166,7 @@ class nnUNetTrainerCoarseToFine(nnUNetTrainer):
 
     @property
     def c2f_network(self) -> CoarseToFineNet:
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
+        return unwrap_network(self.network)
 
     def _do_i_compile(self):
         return False  # per-sample crops of varying size would recompile all the time
@@ -189,7 +191,6 @@ class nnUNetTrainerCoarseToFine(nnUNetTrainer):
         super().initialize()
         net = self.c2f_network
         net.record_auxiliary = True
-        net.report_at_exit = False  # the trainer writes its own log (perform_actual_validation)
         spacing = self.configuration_manager.spacing
         k = normalise_margin(self.crop_margin, 2)
         self.print_to_log_file(
@@ -261,37 +262,30 @@ class nnUNetTrainerCoarseToFine(nnUNetTrainer):
 
     # ---------------------------------------------------------------- validation with the iterative test
     def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's validation, with the whole-case iterative test; each case's line goes to the training log and
+        ``validation/coarse_to_fine_iterations.jsonl``, the Table-4 summary to ``coarse_to_fine_iterations.json``."""
         net = self.c2f_network
-        net.record_auxiliary, net.iterative_test, net.report_at_exit = False, True, False
+        net.record_auxiliary, net.iterative_test = False, True
         net.set_reference(None)
         net.iteration_log.reset()
+        original_dataset_class = self.dataset_class or infer_dataset_class(self.preprocessed_dataset_folder)
+        self.dataset_class = validation_dataset_declaring_cases(
+            original_dataset_class, net, os.path.join(self.output_folder, "validation"), self.print_to_log_file)
         try:
             super().perform_actual_validation(save_probabilities)
         finally:
+            self.dataset_class = original_dataset_class
+            declare_case(net, None)
             net.record_auxiliary = True
         self._write_iteration_log()
-
-    def _validation_case_names(self) -> List[str]:
-        _, val_keys = self.do_split()
-        if self.is_ddp:
-            import torch.distributed as dist
-            val_keys = val_keys[self.local_rank:: dist.get_world_size()]
-        return list(self.dataset_class(self.preprocessed_dataset_folder, val_keys,
-                                       folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage
-                                       ).identifiers)
 
     def _write_iteration_log(self) -> None:
         net = self.c2f_network
         if not net.iteration_log.cases:
             return
-        names: Optional[List[str]] = self._validation_case_names()
-        if len(names) != len(net.iteration_log.cases):
-            self.print_to_log_file(f"WARNING: {len(net.iteration_log.cases)} iterative-test records for "
-                                   f"{len(names)} validation cases; cases are numbered instead of named")
-            names = None
         suffix = f"_rank{self.local_rank}" if self.is_ddp else ""
         path = os.path.join(self.output_folder, "validation", ITERATION_LOG_NAME.replace(".json", f"{suffix}.json"))
-        self.print_to_log_file(net.report(names, path))
+        self.print_to_log_file(net.report(json_path=path))
         self.print_to_log_file(f"Iterative test log: {path}")
 
 

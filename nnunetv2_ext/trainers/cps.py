@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import autocast
 from torch import distributed as dist
-from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
@@ -27,6 +26,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunetv2_ext.nnunet_adapters.network import unwrap_network
 from nnunetv2_ext.semisupervised.cps import (CPSNetworkPair, CrossPseudoSupervisionLoss, SigmoidRampUp, agreement,
                                              full_resolution, split_batch)
 from nnunetv2_ext.semisupervised.cps_loader import nnUNetDataLoaderCPS
@@ -135,8 +135,7 @@ class nnUNetTrainerCPS(nnUNetTrainer):
 
     @property
     def cps_pair(self) -> CPSNetworkPair:
-        net = self.network.module if self.is_ddp else self.network
-        return net._orig_mod if isinstance(net, OptimizedModule) else net
+        return unwrap_network(self.network)
 
     def set_deep_supervision_enabled(self, enabled: bool):
         self.cps_pair.set_deep_supervision(enabled)

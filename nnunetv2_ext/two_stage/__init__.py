@@ -33,15 +33,12 @@ Shared API (keep it stable; additive changes only, announced in commit messages 
     ``step_for_epoch(epoch, num_epochs)``, ``describe(num_epochs)``. The cascade's S / I / J:
     ``CASCADE_SCHEDULE`` / ``cascade_schedule(separate_fraction, joint_reference_fraction)``.
 
-``inference`` (case-level prediction through nnU-Net's predictor)
-    A network with ``predict_case_logits(data (C, *S), context: CaseContext) -> (heads, *S) logits`` gets the WHOLE
-    preprocessed case from ``nnUNetv2_predict`` and the end-of-training validation, once
-    ``install_case_level_prediction()`` ran in the process (do it at import of the trainer module; other networks
-    are unaffected). ``CaseContext``: case name, spacing (mm) of the data grid, patch size, tile step, Gaussian,
-    mirror axes, device, output folder, ``log``. Helpers: ``sliding_window(fn, image, tile_size, num_channels)``
-    (nnU-Net's tiling; a leading 1 in the tile for 2d networks on (C, Z, Y, X)), ``mirrored(fn, axes)`` (TTA),
-    ``write_case_record(folder, filename, record)`` (one JSON line per case), ``current_case(...)`` /
-    ``set_current_case(...)`` (who is being predicted; the trainer sets it during validation).
+Whole-case prediction (both methods' networks are case-level networks) is nnU-Net glue and lives in
+:mod:`nnunetv2_ext.nnunet_adapters.predictor` (``CaseContext``, ``CasePrediction``, ``sliding_window``, ``mirrored``,
+``install_case_level_prediction``, ``validation_dataset_declaring_cases``).
+
+``ops``
+    ``ConvNormAct`` and ``PlansOps`` (the plans' conv / norm / non-linearity, dilated convolutions included).
 
 ``data_loader``
     ``OrganCentredDataLoader(..., organ_labels, margin)``: nnU-Net's loader whose forced-foreground patches hold the
