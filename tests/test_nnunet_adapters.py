@@ -108,3 +108,35 @@ def test_checkpoints_are_saved_and_loaded_through_these_methods():
     assert _params(nnUNetTrainer.save_checkpoint)[:2] == ["self", "filename"]
     assert _params(nnUNetTrainer.load_checkpoint)[:2] == ["self", "filename_or_checkpoint"]
     assert "'current_epoch'" in _source(nnUNetTrainer.save_checkpoint)
+
+
+def test_loss_reads_the_auxiliary_outputs_of_the_forward_it_follows():
+    import torch
+    from torch import nn
+
+    from nnunetv2_ext.nnunet_adapters.auxiliary import LossWithAuxiliary
+
+    class Net(nn.Module):
+        auxiliary = None
+
+        def forward(self, x):
+            self.auxiliary = {"doubled": 2 * x}
+            return x
+
+    class Wrapped(nn.Module):  # as DDP holds it
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+    net = Net()
+    seen = {}
+
+    def loss(output, auxiliary, target, scale=1.0):
+        seen.update(auxiliary=auxiliary, scale=scale)
+        return (output - target).sum() * scale
+    wrapped = Wrapped(net)
+    fn = LossWithAuxiliary(loss, lambda: wrapped, lambda: {"scale": 3.0})
+    with pytest.raises(RuntimeError, match="Net recorded no auxiliary outputs"):
+        fn(torch.ones(1), torch.zeros(1))
+    out = net(torch.ones(2))
+    assert float(fn(out, torch.zeros(2))) == 6.0
+    assert torch.equal(seen["auxiliary"]["doubled"], torch.full((2,), 2.0)) and seen["scale"] == 3.0

@@ -33,6 +33,7 @@ from nnunetv2_ext.cascade.loss import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, Casca
                                        PaperNormalisedSharedBoundaryLoss, TumourStageLoss, focus_level_weights,
                                        stage1_loss)
 from nnunetv2_ext.cascade.network import EMPTY_ORGAN_FALLBACKS, CascadeTumorNet
+from nnunetv2_ext.nnunet_adapters.auxiliary import LossWithAuxiliary
 from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
 from nnunetv2_ext.nnunet_adapters.network import unwrap_network
 from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
@@ -53,17 +54,6 @@ ENCODERS = ("plans", "dual_branch")
 # nnUNetv2_predict imports this module (to find the trainer) before it builds the network: from then on nnU-Net's
 # predictor hands the cascade the whole case instead of tiles (other networks are not affected).
 install_case_level_prediction()
-
-
-class _LossOnAuxiliary:
-    """nnU-Net calls ``self.loss(output, target)``; the cascade loss also needs the network's auxiliary outputs."""
-
-    def __init__(self, loss: CascadeTumorLoss, trainer: "nnUNetTrainerCascadeTumor"):
-        self.loss = loss
-        self.trainer = trainer
-
-    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(output, self.trainer.cascade_network.auxiliary, target)
 
 
 def _stage2_total_stride(configuration_manager: ConfigurationManager, num_stages: int) -> List[int]:
@@ -250,7 +240,7 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         self.cascade_loss = CascadeTumorLoss(
             stage1_loss(self.stage1_loss, self.configuration_manager.batch_dice, self.is_ddp), self.seg2_weight,
             self.shared_boundary_weight, PaperNormalisedSharedBoundaryLoss(), tumour)
-        return _LossOnAuxiliary(self.cascade_loss, self)
+        return LossWithAuxiliary(self.cascade_loss, lambda: self.network)
 
     def get_dataloaders(self):
         """nnU-Net's loaders (the shared :func:`build_dataloaders`), with foreground patches placed on the whole organ

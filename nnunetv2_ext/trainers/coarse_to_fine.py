@@ -32,6 +32,7 @@ from nnunetv2_ext.coarse_to_fine.mln import MLNBoundaryTerm, MLNFineNet
 from nnunetv2_ext.coarse_to_fine.network import (PAPER_CROP_MARGIN, RSTN_JOINT_REFERENCE_FRACTION,
                                                  RSTN_SEPARATE_FRACTION, CoarseToFineNet, coarse_to_fine_schedule,
                                                  reference_organ)
+from nnunetv2_ext.nnunet_adapters.auxiliary import LossWithAuxiliary
 from nnunetv2_ext.nnunet_adapters.network import unwrap_network
 from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
                                                     validation_dataset_declaring_cases)
@@ -46,17 +47,6 @@ __all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN", "nnUNetT
 
 install_case_level_prediction()  # nnUNetv2_predict hands the network whole cases (nnunet_adapters.predictor)
 ITERATION_LOG_NAME = "coarse_to_fine_iterations.json"
-
-
-class _LossWithAuxiliary:
-    """nnU-Net calls ``self.loss(output, target)``; Eq. 13 also needs the network's auxiliary outputs and (MLN) the
-    signed distance maps, which the trainer took off the target list."""
-
-    def __init__(self, loss: CoarseToFineLoss, trainer: "nnUNetTrainerCoarseToFine"):
-        self.loss, self.trainer = loss, trainer
-
-    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.loss(output, self.trainer.c2f_network.auxiliary, target, self.trainer.current_sdm)
 
 
 class nnUNetTrainerCoarseToFine(nnUNetTrainer):
@@ -182,7 +172,8 @@ class nnUNetTrainerCoarseToFine(nnUNetTrainer):
     def _build_loss(self):
         self.c2f_loss = self.build_loss_module(super()._build_loss())  # nnU-Net's Dice + CE (no deep supervision)
         self.c2f_loss.set_epoch(self.current_epoch, self.num_epochs)
-        return _LossWithAuxiliary(self.c2f_loss, self)
+        # Eq. 13 also needs (MLN) the signed distance maps, which the trainer took off the target list
+        return LossWithAuxiliary(self.c2f_loss, lambda: self.network, lambda: {"sdm": self.current_sdm})
 
     # ---------------------------------------------------------------- set-up
     def initialize(self):
