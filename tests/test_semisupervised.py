@@ -11,7 +11,10 @@ import SimpleITK as sitk
 from nnunetv2_ext.semisupervised.cli import pseudolabel_main
 from nnunetv2_ext.semisupervised.consensus import (AgreementCounts, agreement_counts, averaged_from_probabilities,
                                                    consensus_score, soft_vote)
-from nnunetv2_ext.semisupervised.pseudolabel import CaseScore, PseudoLabelError, run_pseudolabel, select_cases
+from nnunetv2_ext.semisupervised.errors import PseudoLabelError
+from nnunetv2_ext.semisupervised.pseudolabel import CaseScore
+from nnunetv2_ext.semisupervised.pseudolabel_run import run_pseudolabel
+from nnunetv2_ext.semisupervised.selection import select_cases
 
 
 # ------------------------------------------------------------------------------------------------ Eq. 1 by hand

@@ -10,7 +10,8 @@ import sys
 from typing import List, Optional
 
 from nnunetv2_ext.io_atomic import OutputFolderError, check_output_folder
-from nnunetv2_ext.semisupervised.pseudolabel import PseudoLabelError, run_pseudolabel
+from nnunetv2_ext.semisupervised.errors import PseudoLabelError
+from nnunetv2_ext.semisupervised.pseudolabel_run import run_pseudolabel
 
 
 def pseudolabel_main(argv: Optional[List[str]] = None) -> int:

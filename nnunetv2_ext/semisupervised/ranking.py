@@ -16,7 +16,7 @@ import numpy as np
 
 from nnunetv2_ext.evaluation.io import files_by_case
 from nnunetv2_ext.semisupervised.consensus import agreement_counts, combine_class_scores, dice, soft_vote
-from nnunetv2_ext.semisupervised.pseudolabel import (PseudoLabelError, PredictionSet, _labels_for_case, _read_maps,
+from nnunetv2_ext.semisupervised.pseudolabel import (PseudoLabelError, PredictionSet, labels_for_case, read_maps,
                                                      find_predictions)
 
 
@@ -50,8 +50,8 @@ class RankingSummary:
 
 def _check_case(args) -> CaseCheck:
     pred, case, reference_file = args
-    maps, reader = _read_maps(pred, case)
-    labels = _labels_for_case(pred, case, maps)
+    maps, reader = read_maps(pred, case)
+    labels = labels_for_case(pred, case, maps)
     ref = reader.read_seg(reference_file)[0][0].astype(np.int64)
     if ref.shape != maps.shape[1:]:
         raise PseudoLabelError(f"case {case}: reference shape {ref.shape} != prediction shape {maps.shape[1:]}")

@@ -30,9 +30,11 @@ from typing import List, Optional, Sequence, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
-from nnunetv2_ext.semisupervised.pseudolabel import (MANIFEST_NAME, UNLABELLED_IMAGES, PseudoLabelError,
-                                                     check_selection, find_dataset_folder, raw_folder,
-                                                     run_pseudolabel)
+from nnunetv2_ext.semisupervised.dataset_writer import MANIFEST_NAME, find_dataset_folder, raw_folder
+from nnunetv2_ext.semisupervised.errors import PseudoLabelError
+from nnunetv2_ext.semisupervised.pseudolabel_run import run_pseudolabel
+from nnunetv2_ext.semisupervised.selection import check_selection
+from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
 from nnunetv2_ext.semisupervised.consensus import check_level
 from nnunetv2_ext.io_atomic import OutputFolderError, check_work_folder, mark_folder
 

@@ -30,11 +30,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 
+from nnunetv2_ext.semisupervised.errors import SemiSupervisedError
+
 UNLABELLED_IMAGES = "imagesUnlabeled"
 UNLABELLED_LIST = "unlabeled_cases.json"
 
 
-class UnlabelledCasesError(ValueError):
+class UnlabelledCasesError(SemiSupervisedError):
     """No unlabelled cases, or badly declared ones; the message names the case and says how to declare them."""
 
 
