@@ -139,10 +139,12 @@ def test_resume_continues_in_the_right_step_with_the_mln(mln_resumed_run):
     assert re.findall(r"Coarse-to-fine step ([SIJ]):", first) == ["S", "I", "I"]
     steps = re.findall(r"Coarse-to-fine step ([SIJ]):", resumed)
     assert steps == ["I"] * 2 + ["J"] * 6, steps  # epochs 2..9 after --c: I [1, 4), J [4, 10)
-    weights = re.findall(r"loss weights coarse 1, fine 0.666667, region 1, boundary (\d), pixel (\d)", resumed)
-    assert weights == [("0", "0")] * 3 + [("1", "1")] * 5  # beta = gamma = 0 until epoch 5 (half the run), then 1
+    weights = re.findall(r"loss weights coarse 1, fine 0.666667, region 1, boundary 1, pixel (\d), fusion (\d)",
+                         resumed)
+    assert weights == [("0", "0")] * 4 + [("1", "1")] * 4  # the paper's: pixel branch and fusion from 60 % (epoch 6)
     terms = re.findall(r"E_region (-?[0-9.a-z]+), E_boundary (-?[0-9.a-z]+), E_pixel (-?[0-9.a-z]+)", resumed)
-    assert len(terms) == 8 and terms[0][1] == "nan" and "nan" not in terms[-1]
+    # the boundary term from the start, the pixel term only once its weight is on
+    assert len(terms) == 8 and terms[0][1] != "nan" and terms[0][2] == "nan" and "nan" not in terms[-1]
 
 
 def test_mln_runs_the_iterative_test_in_validation(mln_resumed_run):

@@ -170,10 +170,14 @@ def test_boundary_term_by_hand():
         MLNBoundaryTerm(0.0)
 
 
-def test_mln_schedule_and_loss_terms():
+def test_mln_schedule_is_the_papers_and_reaches_the_loss_terms():
+    """Liu et al.: region and boundary branches weighted 1 from the start; the pixel branch and the fusion (the fused
+    output's E_R) at 0 for the first 12 of 20 epochs, then 1 (issue 18, item 1: the code had switched the boundary
+    branch on at half of the run and trained the fusion from epoch 0)."""
     weights = MLNLossWeights()
-    assert weights.at(0, 10) == {"region": 1.0, "boundary": 0.0, "pixel": 0.0}
-    assert weights.at(5, 10) == {"region": 1.0, "boundary": 1.0, "pixel": 1.0}
+    assert weights.at(0, 20) == {"region": 1.0, "boundary": 1.0, "pixel": 0.0, "fusion": 0.0}
+    assert weights.at(11, 20) == {"region": 1.0, "boundary": 1.0, "pixel": 0.0, "fusion": 0.0}
+    assert weights.at(12, 20) == {"region": 1.0, "boundary": 1.0, "pixel": 1.0, "fusion": 1.0}
 
     torch.manual_seed(0)
     head = _head()
@@ -192,9 +196,11 @@ def test_mln_schedule_and_loss_terms():
     loss.set_epoch(0, 10)
     early = loss(output, aux, target, sdm)
     t = loss.last_terms
-    assert math.isnan(t["boundary"]) and math.isnan(t["pixel"]) and not math.isnan(t["region"])
-    assert float(early.detach()) == pytest.approx(0.3 * t["coarse"] + 2 / 3 * (t["fine"] + t["region"]), rel=1e-5)
-    loss.set_epoch(5, 10)
+    assert math.isnan(t["pixel"]) and not math.isnan(t["region"]) and not math.isnan(t["boundary"])
+    assert not math.isnan(t["fine"])  # computed for the log, weighted 0
+    assert float(early.detach()) == pytest.approx(0.3 * t["coarse"] + 2 / 3 * (t["region"] + t["boundary"]),
+                                                  rel=1e-5)
+    loss.set_epoch(6, 10)
     late = loss(output, aux, target, sdm)
     t = loss.last_terms
     assert float(late.detach()) == pytest.approx(0.3 * t["coarse"] + 2 / 3 * (t["fine"] + t["region"] + t["boundary"] +

@@ -21,21 +21,28 @@ from nnunetv2_ext.losses.schedules import ConstantWeight, SwitchWeight
 from nnunetv2_ext.two_stage.crop import crop_with_padding
 
 
+PAPER_SWITCH_FRACTION = 0.6
+"""Liu et al. train the pixel branch and the fusion from epoch 12 of about 20: 60 % of the run."""
+
+
 @dataclass(frozen=True)
 class MLNLossWeights:
-    """The MLN schedule of Eq. 13 as pure functions of the epoch: α (region branch) = 1; β (boundary branch) and γ
-    (pixel branch) 0 for the first half of the run, then 1."""
+    """The MLN schedule of Eq. 13 as pure functions of the epoch (the paper's): α (region branch) and β (boundary
+    branch) 1 from the start; γ (pixel branch) and the fusion (E_R on the fused output the stages return) 0 for the
+    first 60 % of the run, then 1."""
     region: Schedule = field(default_factory=lambda: ConstantWeight(1.0))
-    boundary: Schedule = field(default_factory=lambda: SwitchWeight(0.5))
-    pixel: Schedule = field(default_factory=lambda: SwitchWeight(0.5))
+    boundary: Schedule = field(default_factory=lambda: ConstantWeight(1.0))
+    pixel: Schedule = field(default_factory=lambda: SwitchWeight(PAPER_SWITCH_FRACTION))
+    fusion: Schedule = field(default_factory=lambda: SwitchWeight(PAPER_SWITCH_FRACTION))
 
     def at(self, epoch: int, num_epochs: int) -> Dict[str, float]:
         return {"region": self.region(epoch, num_epochs), "boundary": self.boundary(epoch, num_epochs),
-                "pixel": self.pixel(epoch, num_epochs)}
+                "pixel": self.pixel(epoch, num_epochs), "fusion": self.fusion(epoch, num_epochs)}
 
 
 class CoarseToFineLoss(nn.Module):
-    """``ω1 E_R(coarse) + ω2 (E_R(fine) + α E_R(region) + β E_B + γ E_P)`` (Eq. 13's outer form).
+    """``ω1 E_R(coarse) + ω2 (φ E_R(fine) + α E_R(region) + β E_B + γ E_P)`` (Eq. 13's outer form; φ, the fusion's
+    weight, is 1 without the MLN head).
 
     ``E_R`` is nnU-Net's Dice + CE (``region_loss``, called as ``region_loss(logits, target)``); the coarse term acts
     on the coarse logits of the whole input, E_R(fine) on the pasted full-size output. With the MLN head
@@ -44,7 +51,8 @@ class CoarseToFineLoss(nn.Module):
     ``branch_region_loss``, default ``region_loss``: it is called once per sample with a box, a number that differs
     between DDP ranks, so it must not synchronise across ranks as nnU-Net's DDP batch Dice does), E_B
     (:class:`~nnunetv2_ext.coarse_to_fine.mln.MLNBoundaryTerm`) on the boundary branch, E_P = CE at the pixel branch's
-    points. A weight that is 0 in the current epoch skips its term. :attr:`last_terms` holds the unweighted terms of
+    points; φ weighs E_R(fine), the loss of the fused output. A branch weight that is 0 in the current epoch skips its
+    term (E_R(fine) is always computed, for the log). :attr:`last_terms` holds the unweighted terms of
     the last call (nan where not computed).
 
     Shapes: output (B, 2, *S) log-probabilities, target (B, 1, *S) label map, sdm (B, 1, *S) mm or None.
@@ -89,6 +97,7 @@ class CoarseToFineLoss(nn.Module):
         terms = {"coarse": float(coarse.detach()), "fine": float(fine.detach())}
         fine_total = fine
         if self.mln_weights is not None:
+            fine_total = weights["fusion"] * fine
             branch = self._branch_terms(auxiliary, target, sdm, weights)
             for name in ("region", "boundary", "pixel"):
                 value = branch.get(name)

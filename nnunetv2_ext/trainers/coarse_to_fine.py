@@ -284,8 +284,9 @@ class nnUNetTrainerCoarseToFineMLN(nnUNetTrainerCoarseToFine):
     """Coarse-to-fine with the multi-level structural network as the fine stage's head (Eq. 12-13). Parameters
     besides those of :class:`nnUNetTrainerCoarseToFine`:
 
-    - ``mln_weights``: α (region branch) = 1, β (boundary branch) = γ (pixel branch) = 0 for the first half of the
-      run, then 1 (:class:`~nnunetv2_ext.coarse_to_fine.loss.MLNLossWeights`).
+    - ``mln_weights`` (the paper's): α (region branch) = β (boundary branch) = 1 from the start; γ (pixel branch)
+      and φ (the fused output's E_R) 0 for the first 60 % of the run, then 1
+      (:class:`~nnunetv2_ext.coarse_to_fine.loss.MLNLossWeights`).
     - ``mln_num_points`` (1024), ``mln_oversample_ratio`` (3), ``mln_importance_ratio`` (0.75): the pixel branch's
       points (N, k, m of the uncertain-point selection).
     - ``mln_branch_channels`` (None = the decoder's last width), ``mln_aspp_rates`` ((2, 4, 6)), ``mln_d_model``
