@@ -10,8 +10,8 @@ import torch
 from conftest import (KILL_DURING_EPOCH, PHANTOM_ID, check_killed_and_resumed, export_install_predict, run_cmd,
                       run_process, user_trainers)
 
-from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classify, stage2_pool,
-                                                 stratified_split, units_of)
+from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, baseline_min_slice_dsc, check_split,
+                                                 classify, stage2_pool, stratified_split, units_of)
 from nnunetv2_ext.sampling.slice_table import SliceTable
 
 
@@ -51,6 +51,53 @@ def test_threshold_fixed_and_quantile():
     assert thr == pytest.approx(0.5) and hard.tolist() == [0, 5]
     thr, hard = classify(units, np.zeros(6), positive, HardPretrainParameters())
     assert thr == 0 and hard.tolist() == list(range(6))  # all missed: all hard
+    # the paper's rule: at or below the baseline's minimum slice DSC (here 0.6: units 0, 1 and the false positive 5)
+    thr, hard = classify(units, dsc, positive, HardPretrainParameters(threshold_baseline="nnUNetTrainer"), 0.6)
+    assert thr == 0.6 and hard.tolist() == [0, 1, 5]
+
+
+def test_baseline_min_slice_dsc_by_hand(tmp_path):
+    """Two cases, slices along z: case a z=0 DSC 2*2/(2+4) = 0.667, z=1 no reference foreground (not counted, although
+    the prediction has a false positive there), z=2 DSC 1; case b z=0 DSC 2*1/(1+3) = 0.5: the threshold is 0.5."""
+    import SimpleITK as sitk
+    (tmp_path / "val").mkdir()
+    (tmp_path / "gt").mkdir()
+    ref_a, pred_a = np.zeros((3, 4, 4), np.uint8), np.zeros((3, 4, 4), np.uint8)
+    ref_a[0, 0, :4] = 1
+    pred_a[0, 0, :2] = 1
+    pred_a[1, 2, 2] = 1
+    ref_a[2, 3, 3] = pred_a[2, 3, 3] = 1
+    ref_b, pred_b = np.zeros((1, 4, 4), np.uint8), np.zeros((1, 4, 4), np.uint8)
+    ref_b[0, 1, :3] = 1
+    pred_b[0, 1, 0] = 1
+    for case, ref, pred in (("a", ref_a, pred_a), ("b", ref_b, pred_b)):
+        sitk.WriteImage(sitk.GetImageFromArray(ref), str(tmp_path / "gt" / f"{case}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(pred), str(tmp_path / "val" / f"{case}.nii.gz"))
+    out = baseline_min_slice_dsc(str(tmp_path / "val"), str(tmp_path / "gt"), ".nii.gz")
+    assert out == {"threshold": pytest.approx(0.5), "slice": "b z=0", "slices": 3, "cases": 2}
+    with pytest.raises(ValueError, match="holds no validation predictions"):
+        baseline_min_slice_dsc(str(tmp_path / "nothing"), str(tmp_path / "gt"), ".nii.gz")
+    (tmp_path / "gt" / "b.nii.gz").unlink()
+    with pytest.raises(ValueError, match="case b .* has no reference"):
+        baseline_min_slice_dsc(str(tmp_path / "val"), str(tmp_path / "gt"), ".nii.gz")
+
+
+def test_paper_ratio_is_the_share_of_b_and_the_old_name_still_works():
+    """The paper's ratio is B's share (issue 18, item 5); ``selection_ratio`` was A's share (the same at 0.5,
+    inverted elsewhere): it still works, with a warning, and is converted."""
+    t = _table()
+    assert HardPretrainParameters(pretrain_ratio=0.75).a_share == pytest.approx(0.25)
+    split = stratified_split(t, HardPretrainParameters(pretrain_ratio=0.75).a_share, seed=0)
+    assert t.num_slices[split.b].sum() > t.num_slices[split.a].sum()  # B is the larger part
+    with pytest.warns(DeprecationWarning, match="pretrain_ratio"):
+        old = HardPretrainParameters(selection_ratio=0.25)
+    assert old == HardPretrainParameters(pretrain_ratio=0.75) and "selection_ratio" not in old.as_dict()
+    with pytest.raises(ValueError, match="not both"):  # refused before any warning
+        HardPretrainParameters(selection_ratio=0.25, pretrain_ratio=0.3)
+    # a sidecar of an older run (selection_ratio, flipped copies) compares in today's form
+    saved = dict(HardPretrainParameters(hard_copies="flipped").as_dict(), selection_ratio=0.5)
+    del saved["pretrain_ratio"], saved["threshold_baseline"]
+    assert HardPretrainParameters.comparable(saved) == HardPretrainParameters(hard_copies="flipped").as_dict()
 
 
 def test_stage2_pool_copies():
@@ -58,16 +105,23 @@ def test_stage2_pool_copies():
     split = Split(np.array([0, 2]), np.array([1, 3]))
     b_units = units_of(t, split.b)
     hard = np.array([4, 5, 17])
-    pool = stage2_pool(t, split, hard, HardPretrainParameters())
-    assert sorted(pool.selected[pool.flip].tolist()) == [4, 5, 17] and set(pool.selected[~pool.flip]) == set(b_units)
-    both = stage2_pool(t, split, hard, HardPretrainParameters(hard_copies="both"))
+    flipped = stage2_pool(t, split, hard, HardPretrainParameters(hard_copies="flipped"))
+    assert sorted(flipped.selected[flipped.flip].tolist()) == [4, 5, 17]
+    assert set(flipped.selected[~flipped.flip]) == set(b_units)
+    # the default: the paper's "enhanced by flipping" = each hard slice as it is and mirrored, weight 2 (under
+    # nnU-Net's random mirroring a flipped copy is drawn like a plain one, so the count is what matters)
+    both = stage2_pool(t, split, hard, HardPretrainParameters())
     assert len(both.selected) == len(b_units) + 6 and both.flip.sum() == 3
+    assert sorted(both.selected[~both.flip].tolist()) == sorted(b_units.tolist() + [4, 5, 17])
     easy = stage2_pool(t, split, hard, HardPretrainParameters(keep_easy=True, hard_copies="plain"))
     assert set(easy.selected.tolist()) == set(range(t.num_units)) and not easy.flip.any()
 
 
-@pytest.mark.parametrize("kwargs, name", [({"selection_ratio": 1.0}, "selection_ratio"),
-                                          ({"selection_ratio": 0}, "selection_ratio"),
+@pytest.mark.parametrize("kwargs, name", [({"pretrain_ratio": 1.0}, "pretrain_ratio"),
+                                          ({"pretrain_ratio": 0}, "pretrain_ratio"),
+                                          ({"selection_ratio": 1.0}, "selection_ratio"),
+                                          ({"threshold_baseline": ""}, "threshold_baseline"),
+                                          ({"threshold_baseline": "x", "threshold": 0.5}, "not both"),
                                           ({"threshold": 1.2}, "threshold"),
                                           ({"threshold_quantile": 0}, "threshold_quantile"),
                                           ({"stage1_fraction": 1}, "stage1_fraction"),
@@ -144,7 +198,7 @@ def test_hard_pretrain_two_stages_kill_resume_predict(phantom_2d, nnunet_dirs, t
     stage1 = [(u, f) for r in trace if "units" in r and r["epoch"] < 2 for u, f in zip(r["units"], r["flip"])]
     stage2 = [(u, f) for r in trace if "units" in r and r["epoch"] >= 2 for u, f in zip(r["units"], r["flip"])]
     assert stage1 and all(u in b_units and not f for u, f in stage1)
-    assert all((u in hard and f) or (u in b_units and not f) for u, f in stage2)
+    assert all((u in hard) or (u in b_units and not f) for u, f in stage2)  # hard: as is and mirrored
     assert any(f for _, f in stage2)  # hard slices of A were really drawn
 
     pred = tmp_path / "pred"
@@ -175,3 +229,28 @@ def test_fold_with_a_single_case_is_refused(nnunet_dirs, phantom_2d):
     fold = nnunet_dirs["nnUNet_results"] / phantom_2d.name / "nnUNetTrainerHardPretrainTiny__nnUNetPlans__2d" / \
         f"fold_{len(splits)}"
     assert not (fold / "checkpoint_latest.pth").exists()
+
+
+@pytest.mark.e2e
+def test_paper_threshold_from_a_baseline_through_nnunet_commands(phantom_2d, nnunet_dirs):
+    """The paper's rule through nnU-Net's commands: plain nnU-Net (tiny) trains fold 0, then the hard-sample trainer
+    with ``threshold_baseline`` reads that fold's validation predictions and classifies part A with their minimum
+    slice DSC. Without the baseline's validation (fold 1) it is refused before training, naming the parameter."""
+    refused = run_process(["nnUNetv2_train", str(PHANTOM_ID), "2d", "1", "-tr",
+                           "nnUNetTrainerHardPretrainBaselineMinTiny", "-device", "cpu"])
+    assert refused.returncode != 0 and "threshold_baseline='nnUNetTrainerTiny'" in refused.stdout
+    results = nnunet_dirs["nnUNet_results"] / phantom_2d.name
+    baseline = results / "nnUNetTrainerTiny__nnUNetPlans__2d" / "fold_0"
+    if not (baseline / "checkpoint_final.pth").exists():
+        run_cmd(["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", "nnUNetTrainerTiny", "-device", "cpu"])
+    run_cmd(["nnUNetv2_train", str(PHANTOM_ID), "2d", "0", "-tr", "nnUNetTrainerHardPretrainBaselineMinTiny",
+             "-device", "cpu"])
+    fold = results / "nnUNetTrainerHardPretrainBaselineMinTiny__nnUNetPlans__2d" / "fold_0"
+    expected = baseline_min_slice_dsc(str(baseline / "validation"),
+                                      str(nnunet_dirs["nnUNet_preprocessed"] / phantom_2d.name / "gt_segmentations"),
+                                      ".nii.gz")
+    log = json.load(open(fold / "hard_pretrain_log.json"))
+    assert log["baseline_threshold"] == expected
+    assert log["classification"]["threshold"] == pytest.approx(expected["threshold"])
+    text = "\n".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "threshold from the baseline" in text and f"{expected['threshold']:.4f}" in text

@@ -4,22 +4,30 @@ from CT scans", Appl. Sci. 9(9):1825, 2019): trainer-free parts.
 The hard/easy imbalance of a training set cannot be known before training, so a model trained on part of the data
 classifies the rest:
 
-1. :func:`stratified_split` divides the fold's training cases into A (classified, ``selection_ratio`` of the cases)
-   and B (pre-training), with the number of slices and the proportion of positive slices matched between them;
+1. :func:`stratified_split` divides the fold's training cases into B (pre-training, the paper's ratio
+   ``pretrain_ratio`` of the cases) and A (classified, the rest), with the number of slices and the proportion of
+   positive slices matched between them;
 2. stage 1 trains on B only;
 3. :func:`classify` scores every slice of A with the stage-1 model, without augmentation (the exact pass of
    :mod:`exact_scoring`), and calls a slice *hard* when its DSC (Eq. 1 convention: a slice empty in prediction and
-   reference scores 1) is below the threshold: a fixed value, or by default the ``threshold_quantile`` quantile of
-   the scores of A's slices that contain foreground (so it adapts to how good the stage-1 model is; negative slices
-   with false positives score 0 and are hard whatever the threshold);
-4. stage 2 continues training on B plus the hard slices of A, added mirrored (:func:`stage2_pool`); the easy slices of
-   A stay out unless ``keep_easy``.
+   reference scores 1) is below the threshold: a fixed value; the paper's rule, the minimum slice DSC of a baseline
+   model on its validation cases (:func:`baseline_min_slice_dsc`, ``threshold_baseline``); or by default the
+   ``threshold_quantile`` quantile of the scores of A's slices that contain foreground (so it adapts to how good the
+   stage-1 model is; negative slices with false positives score 0 and are hard whatever the threshold);
+4. stage 2 continues training on B plus the hard slices of A (:func:`stage2_pool`); the easy slices of A stay out
+   unless ``keep_easy``. The paper adds the hard slices "enhanced by flipping", i.e. each hard slice as it is and
+   flipped: twice. Under nnU-Net's random mirroring a flipped copy is drawn like a plain one, so the weight is what
+   counts: ``hard_copies = "both"`` (the default) gives a hard slice twice the weight of a B slice, as the paper
+   intends; ``"flipped"`` or ``"plain"`` (one copy) give it the same weight (before issue 18 the default was
+   ``"flipped"``, i.e. no extra weight).
 
 A "slice" is a unit of :class:`SliceTable`: the slice in 2d, the z position of the patch centre in 3d (scored on the
 patch centred there), as for PNSS/HESS.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
@@ -35,17 +43,25 @@ HARD_COPIES = ("flipped", "both", "plain")
 
 @dataclass(frozen=True)
 class HardPretrainParameters:
-    selection_ratio: float = 0.5
-    """Share of the fold's training cases in A (classified by the stage-1 model); the rest, B, pre-trains."""
+    pretrain_ratio: float = 0.5
+    """The paper's ratio: share of the fold's training cases in B, on which stage 1 pre-trains; the rest, A, is
+    classified by the stage-1 model. In (0, 1)."""
+    selection_ratio: Optional[float] = None
+    """Deprecated (the name before issue 18): the share of A, i.e. ``1 - pretrain_ratio``; identical at 0.5,
+    inverted elsewhere. Setting it warns and sets ``pretrain_ratio = 1 - selection_ratio``."""
     stage1_fraction: float = 0.5
     """Share of nnU-Net's epochs trained on B only (at least one epoch in each stage)."""
     threshold: Optional[float] = None
-    """Fixed DSC threshold (hard = DSC below it), in [0, 1]; None: the data-driven default below."""
+    """Fixed DSC threshold (hard = DSC below it), in [0, 1]; None: the baseline's or the data-driven rule below."""
+    threshold_baseline: Optional[str] = None
+    """The paper's rule: hard = DSC at or below the minimum slice DSC of a baseline model on its validation cases of
+    the same fold. A trainer name (its nnU-Net results folder for this dataset, plans and configuration, e.g.
+    ``"nnUNetTrainer"``) or a path to a trainer output folder holding ``fold_X/validation``. Checked before training."""
     threshold_quantile: float = 0.25
     """Default: hard = DSC at or below this quantile of the DSC of A's slices with foreground."""
-    hard_copies: str = "flipped"
-    """How hard slices of A join stage 2: 'flipped' (the paper: mirrored along x), 'both' (as is and mirrored),
-    'plain' (as is)."""
+    hard_copies: str = "both"
+    """How hard slices of A join stage 2: 'both' (as is and mirrored: the paper's weight 2, see the module
+    docstring), 'flipped' (mirrored along x only) or 'plain' (as is) (weight 1 each)."""
     keep_easy: bool = False
     """Stage 2 also trains the easy slices of A (the paper leaves them out)."""
     sampling: str = "slice_oversample"
@@ -58,8 +74,23 @@ class HardPretrainParameters:
         def bad(name, requirement):
             raise ValueError(f"HardPretrainParameters.{name} must be {requirement}, got {getattr(self, name)!r}")
 
-        if not (isinstance(self.selection_ratio, (int, float)) and 0 < self.selection_ratio < 1):
-            bad("selection_ratio", "in (0, 1)")
+        if self.selection_ratio is not None:
+            if not (isinstance(self.selection_ratio, (int, float)) and 0 < self.selection_ratio < 1):
+                bad("selection_ratio", "None or in (0, 1) (deprecated: the share of A; use pretrain_ratio)")
+            if self.pretrain_ratio != 0.5 and abs(self.pretrain_ratio - (1 - self.selection_ratio)) > 1e-12:
+                raise ValueError("HardPretrainParameters: set pretrain_ratio (the paper's ratio, share of B) or the "
+                                 "deprecated selection_ratio (share of A), not both")
+            warnings.warn("HardPretrainParameters.selection_ratio (share of A) is deprecated: use pretrain_ratio "
+                          "(the paper's ratio, share of B) = 1 - selection_ratio", DeprecationWarning, stacklevel=3)
+            object.__setattr__(self, "pretrain_ratio", 1.0 - float(self.selection_ratio))
+            object.__setattr__(self, "selection_ratio", None)
+        if not (isinstance(self.pretrain_ratio, (int, float)) and 0 < self.pretrain_ratio < 1):
+            bad("pretrain_ratio", "in (0, 1) (the paper's ratio: share of the cases in B, the pre-training part)")
+        if self.threshold is not None and self.threshold_baseline is not None:
+            raise ValueError("HardPretrainParameters: set threshold or threshold_baseline, not both")
+        if self.threshold_baseline is not None and not (isinstance(self.threshold_baseline, str)
+                                                        and self.threshold_baseline):
+            bad("threshold_baseline", "None or a trainer name / folder")
         if not (isinstance(self.stage1_fraction, (int, float)) and 0 < self.stage1_fraction < 1):
             bad("stage1_fraction", "in (0, 1)")
         if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1):
@@ -73,11 +104,29 @@ class HardPretrainParameters:
         if not isinstance(self.keep_easy, bool):
             bad("keep_easy", "True or False")
 
+    @property
+    def a_share(self) -> float:
+        """Share of the cases in A (classified)."""
+        return 1.0 - self.pretrain_ratio
+
     def stage1_epochs(self, num_epochs: int) -> int:
         return int(min(num_epochs - 1, max(1, round(self.stage1_fraction * num_epochs))))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("selection_ratio")
+        return d
+
+    @staticmethod
+    def comparable(saved: dict) -> dict:
+        """A parameter dict saved by an older version, in today's form (``selection_ratio`` -> ``pretrain_ratio``;
+        fields added since take their defaults), for the resume check."""
+        saved = dict(saved)
+        if "selection_ratio" in saved:
+            share_a = saved.pop("selection_ratio")
+            saved.setdefault("pretrain_ratio", None if share_a is None else 1.0 - share_a)
+        defaults = HardPretrainParameters().as_dict()
+        return {k: saved.get(k, defaults[k]) for k in defaults}
 
 
 @dataclass
@@ -153,14 +202,17 @@ def units_of(table: SliceTable, cases: np.ndarray) -> np.ndarray:
 
 
 def classify(units: np.ndarray, dsc: np.ndarray, positive: np.ndarray,
-             params: HardPretrainParameters) -> Tuple[float, np.ndarray]:
-    """(threshold, hard units): hard = DSC below the fixed threshold; by default DSC at or below the
+             params: HardPretrainParameters, baseline_threshold: Optional[float] = None) -> Tuple[float, np.ndarray]:
+    """(threshold, hard units): hard = DSC below the fixed threshold; with ``baseline_threshold`` (the paper's rule,
+    :func:`baseline_min_slice_dsc`) DSC at or below it; by default DSC at or below the
     ``threshold_quantile`` quantile of the scores of the units with foreground (``positive[units]``), so that the
     worst quarter of A's foreground slices is hard even when many of them tie (e.g. all missed, DSC 0)."""
     units, dsc = np.asarray(units, np.int64), np.asarray(dsc, float)
     if params.threshold is not None:
         threshold = float(params.threshold)
         return threshold, np.sort(units[dsc < threshold])
+    if baseline_threshold is not None:
+        return float(baseline_threshold), np.sort(units[dsc <= baseline_threshold])
     fg = dsc[positive[units]]
     if not len(fg):
         raise ValueError("part A has no scored slice with foreground: no data-driven threshold")
@@ -219,3 +271,46 @@ def plot_classification(record: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def baseline_min_slice_dsc(validation_folder: str, reference_folder: str, file_ending: str,
+                           dataset_json: Optional[dict] = None, ignore_label: Optional[int] = None) -> dict:
+    """The paper's threshold (Zhang et al.: a slice is hard when the pre-trained model segments it worse than the
+    baseline segments any slice): the minimum, over the slices of a baseline model's validation predictions whose
+    reference has foreground, of the slice DSC (foreground = any label > 0, the ignore label excluded; slices along
+    the first array axis as nnU-Net's reader returns the case, i.e. z). Returns ``{"threshold", "slice", "slices",
+    "cases"}``. A ValueError names the folder when it holds no prediction or a prediction has no reference."""
+    from nnunetv2_ext.evaluation.io import files_by_case, read_segmentation, reader_class
+
+    predictions = files_by_case(validation_folder, file_ending) if os.path.isdir(validation_folder) else {}
+    if not predictions:
+        raise ValueError(f"threshold_baseline: {validation_folder} holds no validation predictions ({file_ending}); "
+                         f"train the baseline on this fold first (nnUNetv2_train ... -tr <baseline>)")
+    reader = reader_class(dataset_json, file_ending, next(iter(predictions.values())))()
+    best = (np.inf, None)
+    slices = 0
+    for case, file in sorted(predictions.items()):
+        ref_file = os.path.join(reference_folder, case + file_ending)
+        if not os.path.isfile(ref_file):
+            raise ValueError(f"threshold_baseline: case {case} of {validation_folder} has no reference {ref_file}")
+        pred, _ = read_segmentation(reader, case, file, "prediction")
+        ref, _ = read_segmentation(reader, case, ref_file, "reference")
+        if pred.shape != ref.shape:
+            raise ValueError(f"threshold_baseline: case {case}: prediction {pred.shape} and reference {ref.shape} "
+                             f"differ in shape")
+        valid = np.ones(ref.shape, bool) if ignore_label is None else ref != ignore_label
+        p, r = (pred > 0) & valid, (ref > 0) & valid
+        if ignore_label is not None:
+            p &= pred != ignore_label
+            r &= ref != ignore_label
+        inter = (p & r).reshape(len(r), -1).sum(1)
+        sums = p.reshape(len(p), -1).sum(1) + r.reshape(len(r), -1).sum(1)
+        for z in np.flatnonzero(r.reshape(len(r), -1).any(1)):
+            slices += 1
+            dsc = 2.0 * inter[z] / sums[z]
+            if dsc < best[0]:
+                best = (float(dsc), f"{case} z={int(z)}")
+    if best[1] is None:
+        raise ValueError(f"threshold_baseline: no reference slice with foreground among the cases of "
+                         f"{validation_folder}")
+    return {"threshold": best[0], "slice": best[1], "slices": slices, "cases": len(predictions)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -21,9 +22,9 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderUnits
-from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, check_split, classification_record,
-                                                 classify, plot_classification, stage2_pool, stratified_split,
-                                                 units_of)
+from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, baseline_min_slice_dsc, check_split,
+                                                 classification_record, classify, plot_classification, stage2_pool,
+                                                 stratified_split, units_of)
 from nnunetv2_ext.sampling.sampler import UnitPool
 from nnunetv2_ext.sampling.slice_table import build_slice_table
 from nnunetv2_ext.nnunet_adapters.checkpoint_sidecar import SamplingStateMixin
@@ -32,7 +33,8 @@ from nnunetv2_ext.sampling.exact_scoring import exact_scores
 from nnunetv2_ext.trainers.pnss_hess import DemoTrainingMixin
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ["nnUNetTrainerHardPretrain", "nnUNetTrainerHardPretrainTiny", "nnUNetTrainerHardPretrainDemo"]
+__all__ = ["nnUNetTrainerHardPretrain", "nnUNetTrainerHardPretrainBaselineMin", "nnUNetTrainerHardPretrainTiny",
+           "nnUNetTrainerHardPretrainBaselineMinTiny", "nnUNetTrainerHardPretrainDemo"]
 
 
 class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
@@ -47,13 +49,35 @@ class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
         self.table = None
         self.split: Optional[Split] = None
         self.classification: Optional[dict] = None
+        self.baseline: Optional[dict] = None
+        self._baseline_folder = self._check_baseline_folder()
+
+    def _check_baseline_folder(self) -> Optional[str]:
+        """The baseline's ``fold_X/validation`` for the paper's threshold rule, checked before any data is read."""
+        source = self.hard_pretrain.threshold_baseline
+        if source is None:
+            return None
+        if os.path.isdir(source):
+            trainer_folder = source
+        else:
+            from nnunetv2.paths import nnUNet_results
+            trainer_folder = os.path.join(nnUNet_results or "", self.plans_manager.dataset_name,
+                                          f"{source}__{self.plans_manager.plans_name}__{self.configuration_name}")
+        folder = os.path.join(trainer_folder, f"fold_{self.fold}", "validation")
+        ending = self.dataset_json["file_ending"]
+        if not os.path.isdir(folder) or not any(f.endswith(ending) for f in os.listdir(folder)):
+            raise ValueError(f"{type(self).__name__}: threshold_baseline={source!r}: no validation predictions of "
+                             f"fold {self.fold} in {folder}; train the baseline on this fold first "
+                             f"(nnUNetv2_train DATASET {self.configuration_name} {self.fold} -tr <baseline>)")
+        return folder
 
     @property
     def stage1_epochs(self) -> int:
         return self.hard_pretrain.stage1_epochs(self.num_epochs)
 
     def _log(self) -> dict:
-        return {"parameters": self.hard_pretrain.as_dict(), "num_epochs": self.num_epochs,
+        return {"parameters": self.hard_pretrain.as_dict(), "baseline_threshold": self.baseline,
+                "num_epochs": self.num_epochs,
                 "stage1_epochs": self.stage1_epochs, "split": self.split.stats(self.table),
                 "classification": self.classification}
 
@@ -67,17 +91,26 @@ class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
         table = build_slice_table(dataset_tr, list(dataset_tr.identifiers), self.preprocessed_dataset_folder,
                                   self.label_manager.ignore_label, log=lambda m: self.print_to_log_file(m))
         try:
-            split = stratified_split(table, self.hard_pretrain.selection_ratio, self.hard_pretrain.seed)
+            split = stratified_split(table, self.hard_pretrain.a_share, self.hard_pretrain.seed)
             check_split(table, split)
         except ValueError as e:
             raise RuntimeError(f"{name}, fold {self.fold} of {self.preprocessed_dataset_folder}: {e}") from None
         self.table, self.split = table, split
         state = self._restored_sampling_state()
         if state is not None:
-            if state["parameters"] != self.hard_pretrain.as_dict() or state["slice_table"] != table.signature() \
+            if HardPretrainParameters.comparable(state["parameters"]) != self.hard_pretrain.as_dict() \
+                    or state["slice_table"] != table.signature() \
                     or state["split_a"] != split.a.tolist():
                 raise RuntimeError(f"{name}: the checkpoint was trained with other parameters, cases or split")
             self.classification = state["classification"]
+        if self._baseline_folder is not None and self.baseline is None:
+            self.baseline = baseline_min_slice_dsc(
+                self._baseline_folder, os.path.join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
+                self.dataset_json["file_ending"], self.dataset_json, self.label_manager.ignore_label)
+            self.print_to_log_file(
+                f"Hard-sample pre-training: threshold from the baseline {self._baseline_folder}: minimum slice DSC "
+                f"{self.baseline['threshold']:.4f} (at {self.baseline['slice']}, over {self.baseline['slices']} "
+                f"slices with foreground of {self.baseline['cases']} cases); hard = DSC at or below it")
         st = split.stats(table)
         self.print_to_log_file(
             f"Hard-sample pre-training: {self.hard_pretrain}; stage 1 (B only) = epochs 0-{self.stage1_epochs - 1}, "
@@ -110,7 +143,8 @@ class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
     def _classify_and_switch(self) -> None:
         a_units = units_of(self.table, self.split.a)
         units, dsc = exact_scores(self, self.table, a_units)
-        threshold, hard = classify(units, dsc, self.table.positive, self.hard_pretrain)
+        threshold, hard = classify(units, dsc, self.table.positive, self.hard_pretrain,
+                                   self.baseline["threshold"] if self.baseline else None)
         self.classification = classification_record(self.table, self.split, units, dsc, threshold, hard,
                                                     self.current_epoch)
         c = self.classification
@@ -142,9 +176,22 @@ class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
                 "split_a": self.split.a.tolist(), "classification": self.classification}
 
 
+class nnUNetTrainerHardPretrainBaselineMin(nnUNetTrainerHardPretrain):
+    """The paper's threshold rule: a slice of A is hard when the stage-1 model's DSC is at or below the minimum slice
+    DSC of plain nnU-Net (``nnUNetTrainer``, trained on the same dataset, plans, configuration and fold first) on its
+    validation cases. Refused before training when that validation is missing."""
+    hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainer")
+
+
 class nnUNetTrainerHardPretrainTiny(TinyTrainingMixin, nnUNetTrainerHardPretrain):
     """4 epochs (2 per stage); a fixed threshold of 0.99, because a tiny CPU model scores slices 0 or 1."""
     hard_pretrain = HardPretrainParameters(threshold=0.99)
+    sampling_trace = True
+
+
+class nnUNetTrainerHardPretrainBaselineMinTiny(TinyTrainingMixin, nnUNetTrainerHardPretrainBaselineMin):
+    """The baseline rule at the tiny scale: the baseline is ``nnUNetTrainerTiny``."""
+    hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainerTiny")
     sampling_trace = True
 
 
