@@ -110,7 +110,7 @@ def bench_loader(pre, workers, n, repeats=3):
 def demo_network(pm, lm):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunetv2_ext.trainers.pnss_hess import DemoTrainingMixin as D
+    from nnunetv2_ext.trainers.small_variants import DemoTrainingMixin as D
     from nnunetv2_ext.trainers.tiny import shrink_features
 
     cm = pm.get_configuration("2d")

@@ -38,7 +38,7 @@ import random
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny
+from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCascadeTumorTiny
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 

@@ -51,7 +51,7 @@ PAPER_DOC = "the paper's settings (slice draw, no far negatives, exact scoring),
 
 def trainer_module() -> str:
     lines = ["from dataclasses import replace",
-             "from nnunetv2_ext.trainers.pnss_hess import nnUNetTrainerPNSSHESSDemo as _D, "
+             "from nnunetv2_ext.trainers.small_variants import nnUNetTrainerPNSSHESSDemo as _D, "
              "nnUNetTrainerPNSSHESSPaperDemo as _P", ""]
     for name, (change, doc) in DESIGN.items():
         lines += [f"class {name}(_D):", f"    \"\"\"{doc}\"\"\"", f"    sampling = replace(_D.sampling, **{change!r})", ""]

@@ -42,7 +42,7 @@ TRAINERS_TEMPLATE = '''\
 """Written by scripts/semi_supervised_evidence.py: equal training budgets for the comparison."""
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 

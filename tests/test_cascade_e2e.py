@@ -33,7 +33,7 @@ TRAINER_3D = "nnUNetTrainerCascadeTumorTiny3dTest"
 
 # the 3d trainer of this test: 4 epochs x 6 iterations (S, I, J, J); CASCADE_TEST_STOP_AFTER_EPOCH simulates a kill
 TRAINERS_3D = KILL_DURING_EPOCH + textwrap.dedent('''
-    from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCascadeTumorTiny
 
 
     class nnUNetTrainerCascadeTumorTiny3dTest(KillDuringEpoch, nnUNetTrainerCascadeTumorTiny):
@@ -202,7 +202,7 @@ def test_3d_prediction_and_empty_stage1_case(run_3d):
 def test_bad_parameters_and_datasets_fail_before_training(run_2d):
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumorTiny as T
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCascadeTumorTiny as T
     fold = run_2d["fold"]
     plans, dataset_json = load_json(fold.parent / "plans.json"), load_json(fold.parent / "dataset.json")
     plans["continue_training"] = False

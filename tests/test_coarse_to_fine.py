@@ -406,7 +406,7 @@ def test_bad_input_fails_before_training(phantom_2d_plans):
     does), before any case is read. Needs only the phantom's plans."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineTiny as T
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCoarseToFineTiny as T
     plans, dataset_json = phantom_2d_plans.plans, phantom_2d_plans.dataset_json
 
     two_organs = dict(dataset_json, labels={"background": 0, "organ": 1, "other": 2})

@@ -28,7 +28,7 @@ C2F_ID = PHANTOM_ID
 TRAINER = "nnUNetTrainerCoarseToFineTiny"
 RESUME_TRAINER = "nnUNetTrainerC2FMLNResumeTest"
 RESUME_TRAINER_CODE = KILL_DURING_EPOCH + '''
-from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineMLNTiny
+from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCoarseToFineMLNTiny
 
 
 class nnUNetTrainerC2FMLNResumeTest(KillDuringEpoch, nnUNetTrainerCoarseToFineMLNTiny):

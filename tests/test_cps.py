@@ -132,7 +132,7 @@ def test_pair_from_resenc_plans_gets_the_plain_unet():
 
 
 def test_trainer_refuses_regions(nnunet_dirs):
-    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
     dataset_json = {"labels": {"background": 0, "whole": [1, 2], "core": 2}, "regions_class_order": [1, 2],
                     "channel_names": {"0": "CT"}, "file_ending": ".nii.gz", "numTraining": 1}
     with pytest.raises(ValueError, match="region"):

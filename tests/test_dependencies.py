@@ -114,6 +114,8 @@ def test_method_packages_do_not_import_each_other():
     ("nnunetv2_ext.two_stage.coarse_to_fine", "CoarseToFineLoss", "nnunetv2_ext.coarse_to_fine.loss"),
     ("nnunetv2_ext.two_stage.iterative", "IterationLog", "nnunetv2_ext.coarse_to_fine.iterative"),
     ("nnunetv2_ext.two_stage.inference", "sliding_window", "nnunetv2_ext.nnunet_adapters.predictor"),
+    ("nnunetv2_ext.trainers.cps", "nnUNetTrainerCPSTiny", "nnunetv2_ext.trainers.small_variants"),
+    ("nnunetv2_ext.trainers.pnss_hess", "nnUNetTrainerPNSSHESSDemo", "nnunetv2_ext.trainers.small_variants"),
     ("nnunetv2_ext.semisupervised.pseudolabel", "run_pseudolabel", "nnunetv2_ext.semisupervised.pseudolabel_run"),
     ("nnunetv2_ext.semisupervised.pseudolabel", "write_dataset", "nnunetv2_ext.semisupervised.dataset_writer"),
     ("nnunetv2_ext.semisupervised.pseudolabel", "select_cases", "nnunetv2_ext.semisupervised.selection"),

@@ -31,7 +31,7 @@ TEST_TRAINERS = KILL_DURING_EPOCH + '''
 import os
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 
@@ -150,7 +150,7 @@ def _log(fold):
 
 
 def test_cps_resumes_with_c_and_samples_unlabelled_cases_in_two_workers(cps_run, semi_phantom):
-    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny as T
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny as T
     log = _log(cps_run["fold"])
     check_killed_and_resumed(cps_run["fold"], T.tiny_num_epochs, kill_epoch=2)  # killed in 2, --c went on at 2
     unlabelled = {p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir()}
@@ -179,7 +179,7 @@ def test_cps_prediction_is_the_mean_of_both_softmaxes(cps_run, semi_phantom):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
     fold, pred = cps_run["fold"], cps_run["pred"]
     cases = sorted(p.name[:-12] for p in (semi_phantom / "imagesTs").iterdir())
     assert sorted(p.name[:-7] for p in pred.glob("*.nii.gz")) == cases
@@ -210,7 +210,7 @@ def test_cps_prediction_is_the_mean_of_both_softmaxes(cps_run, semi_phantom):
 def test_cps_refuses_a_dataset_without_unlabelled_cases(semi_phantom, nnunet_dirs, tmp_path):
     """A labelled-only dataset: clear error before nnU-Net writes anything (no output folder, no log)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2_ext.trainers.cps import nnUNetTrainerCPSTiny
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
     pre = nnunet_dirs["nnUNet_preprocessed"]
     raw = semi_phantom  # with its unlabelled cases hidden for a moment
     plans = load_json(pre / raw.name / "nnUNetPlans.json")

@@ -38,7 +38,6 @@ from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
 from nnunetv2_ext.nnunet_adapters.network import unwrap_network
 from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
                                                     validation_dataset_declaring_cases)
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.two_stage.boxes import boxes_exceeding_patch, check_margin_leaves_room, margin_in_mm
 from nnunetv2_ext.two_stage.checks import check_cascade_labels, check_tumour_inside_organ
 from nnunetv2_ext.two_stage.data_loader import OrganCentredDataLoader
@@ -46,8 +45,7 @@ from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
                                           StepSchedule, TrainingStep, cascade_schedule)
 
-__all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorDualBranch", "nnUNetTrainerCascadeTumorTiny",
-           "nnUNetTrainerCascadeTumorDualBranchTiny"]
+__all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorDualBranch"]
 
 ENCODERS = ("plans", "dual_branch")
 
@@ -323,16 +321,7 @@ class nnUNetTrainerCascadeTumorDualBranch(nnUNetTrainerCascadeTumor):
     encoder = "dual_branch"
 
 
-class nnUNetTrainerCascadeTumorTiny(TinyTrainingMixin, nnUNetTrainerCascadeTumor):
-    """The cascade shrunk for CPU tests: 10 epochs of 25 iterations = 1 S, 4 I, 5 J, mostly organ patches, seeded
-    (repeatable with workers on)."""
-    tiny_num_epochs = 10
-    tiny_iterations_per_epoch = 25
-    separate_fraction = 0.1
-    joint_reference_fraction = 0.4
-    foreground_oversampling = 0.75
-    seed = 12345
+# the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working
+from nnunetv2_ext._moved import moved  # noqa: E402
 
-
-class nnUNetTrainerCascadeTumorDualBranchTiny(nnUNetTrainerCascadeTumorTiny):
-    encoder = "dual_branch"
+__getattr__ = moved(__name__, ["nnunetv2_ext.trainers.small_variants"], names=['nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny'])

@@ -36,14 +36,12 @@ from nnunetv2_ext.nnunet_adapters.auxiliary import LossWithAuxiliary
 from nnunetv2_ext.nnunet_adapters.network import unwrap_network
 from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
                                                     validation_dataset_declaring_cases)
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 from nnunetv2_ext.two_stage.boxes import margin_in_mm, normalise_margin
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import STEP_J, TrainingStep
 
-__all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN", "nnUNetTrainerCoarseToFineTiny",
-           "nnUNetTrainerCoarseToFineMLNTiny"]
+__all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN"]
 
 install_case_level_prediction()  # nnUNetv2_predict hands the network whole cases (nnunet_adapters.predictor)
 ITERATION_LOG_NAME = "coarse_to_fine_iterations.json"
@@ -334,34 +332,7 @@ class nnUNetTrainerCoarseToFineMLN(nnUNetTrainerCoarseToFine):
                                           self.label_manager.ignore_label)
 
 
-class _TinyCoarseToFine:
-    """CPU test settings: 10 epochs x 25 iterations = S 1, I 3, J 6 epochs; K = 4 voxels on the 48x48 phantom
-    slices (K = 20 would crop the whole slice); T_max 3; no test-time mirroring (the iterative test then runs once per
-    slice instead of four times: the end-of-training validation and nnUNetv2_predict of the tests stay short);
-    ω1 = 1 instead of the paper's 0.3: in 250 iterations the small coarse stage did not always learn to find the
-    organ with 0.3 (then every box of step J came from the reference fallback and the iterative test had nothing to
-    refine)."""
-    tiny_num_epochs = 10
-    coarse_weight = 1.0
-    tiny_iterations_per_epoch = 25
-    separate_fraction = 0.1
-    joint_reference_fraction = 0.3
-    crop_margin = 4
-    max_iterations = 3
-    foreground_oversampling = 0.75
+# the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working
+from nnunetv2_ext._moved import moved  # noqa: E402
 
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        settings = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None  # saved in the checkpoint: nnUNetv2_predict follows it
-        return settings
-
-
-class nnUNetTrainerCoarseToFineTiny(_TinyCoarseToFine, TinyTrainingMixin, nnUNetTrainerCoarseToFine):
-    pass
-
-
-class nnUNetTrainerCoarseToFineMLNTiny(_TinyCoarseToFine, TinyTrainingMixin, nnUNetTrainerCoarseToFineMLN):
-    mln_num_points = 64
-    mln_d_model = 16
-    mln_heads = 2
-    mln_layers = 1
+__getattr__ = moved(__name__, ["nnunetv2_ext.trainers.small_variants"], names=['nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny'])

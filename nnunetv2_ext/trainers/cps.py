@@ -36,9 +36,8 @@ from nnunetv2_ext.semisupervised.unlabelled import dataset_class as unlabelled_d
 from nnunetv2_ext.semisupervised.unlabelled import (find_unlabelled_cases, preprocess_unlabelled, preprocessed_cases,
                                                     unlabelled_folder)
 from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ["nnUNetTrainerCPS", "nnUNetTrainerCPSTiny"]
+__all__ = ["nnUNetTrainerCPS"]
 
 
 class nnUNetTrainerCPS(nnUNetTrainer):
@@ -224,7 +223,7 @@ class nnUNetTrainerCPS(nnUNetTrainer):
                 len(self.unlabelled_identifiers), pids))
 
 
-class nnUNetTrainerCPSTiny(TinyTrainingMixin, nnUNetTrainerCPS):
-    """CPS shrunk for CPU tests: TinyTrainingMixin's schedule and widths, a light residual encoder."""
-    partner_resenc_blocks = (1, 1, 1, 1, 1, 1, 1, 1)
-    unlabelled_preprocessing_processes = 1
+# the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working
+from nnunetv2_ext._moved import moved  # noqa: E402
+
+__getattr__ = moved(__name__, ["nnunetv2_ext.trainers.small_variants"], names=['nnUNetTrainerCPSTiny'])

@@ -30,11 +30,8 @@ from nnunetv2_ext.sampling.slice_table import build_slice_table
 from nnunetv2_ext.nnunet_adapters.checkpoint_sidecar import SamplingStateMixin
 from nnunetv2_ext.nnunet_adapters.dataloaders import build_dataloaders
 from nnunetv2_ext.sampling.exact_scoring import exact_scores
-from nnunetv2_ext.trainers.pnss_hess import DemoTrainingMixin
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ["nnUNetTrainerHardPretrain", "nnUNetTrainerHardPretrainBaselineMin", "nnUNetTrainerHardPretrainTiny",
-           "nnUNetTrainerHardPretrainBaselineMinTiny", "nnUNetTrainerHardPretrainDemo"]
+__all__ = ["nnUNetTrainerHardPretrain", "nnUNetTrainerHardPretrainBaselineMin"]
 
 
 class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
@@ -183,17 +180,7 @@ class nnUNetTrainerHardPretrainBaselineMin(nnUNetTrainerHardPretrain):
     hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainer")
 
 
-class nnUNetTrainerHardPretrainTiny(TinyTrainingMixin, nnUNetTrainerHardPretrain):
-    """4 epochs (2 per stage); a fixed threshold of 0.99, because a tiny CPU model scores slices 0 or 1."""
-    hard_pretrain = HardPretrainParameters(threshold=0.99)
-    sampling_trace = True
+# the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working
+from nnunetv2_ext._moved import moved  # noqa: E402
 
-
-class nnUNetTrainerHardPretrainBaselineMinTiny(TinyTrainingMixin, nnUNetTrainerHardPretrainBaselineMin):
-    """The baseline rule at the tiny scale: the baseline is ``nnUNetTrainerTiny``."""
-    hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainerTiny")
-    sampling_trace = True
-
-
-class nnUNetTrainerHardPretrainDemo(DemoTrainingMixin, nnUNetTrainerHardPretrain):
-    """The README demo's network and budget (ablation row)."""
+__getattr__ = moved(__name__, ["nnunetv2_ext.trainers.small_variants"], names=['nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo'])

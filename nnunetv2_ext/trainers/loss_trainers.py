@@ -27,7 +27,6 @@ Combining any of these losses with PNSS/HESS sampling is two lines (mixin first)
 """
 from __future__ import annotations
 
-import os
 
 import torch
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
@@ -39,14 +38,10 @@ from nnunetv2_ext.losses import (BoundaryLoss, ConstantWeight, HausdorffDTLoss, 
                                  UncertainPointLoss)
 from nnunetv2_ext.losses.compound import Schedule
 from nnunetv2_ext.trainers.sampling_mixin import PNSSHESSMixin
-from nnunetv2_ext.trainers.pnss_hess import nnUNetTrainerPNSSHESSTiny
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 
 __all__ = ["nnUNetTrainerBoundary", "nnUNetTrainerHausdorff", "nnUNetTrainerMLL", "nnUNetTrainerSharedBoundary",
-           "nnUNetTrainerBoundaryTiny", "nnUNetTrainerHausdorffTiny", "nnUNetTrainerMLLTiny",
-           "nnUNetTrainerSharedBoundaryTiny", "nnUNetTrainerPNSSHESS_MLL", "nnUNetTrainerPNSSHESS_MLLTiny",
-           "StructuralLossTrainerBase"]
+           "nnUNetTrainerPNSSHESS_MLL", "StructuralLossTrainerBase"]
 
 
 class StructuralLossTrainerBase(nnUNetTrainer):
@@ -178,32 +173,7 @@ class nnUNetTrainerPNSSHESS_MLL(PNSSHESSMixin, nnUNetTrainerMLL):
     """Multi-level structural loss (Eq. 11) with PNSS/HESS slice sampling (nnunetv2_ext.sampling)."""
 
 
-class _TinyLossSettings:
-    """Tiny runs: 2 epochs x 5 iterations; every term is on from epoch 1, so the tests exercise it."""
-    tiny_num_epochs = 2
-    tiny_iterations_per_epoch = 5
+# the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working
+from nnunetv2_ext._moved import moved  # noqa: E402
 
-    boundary_weight = StepUpWeight(increment=0.5, step_fraction=0.5)
-    hausdorff_weight = StepUpWeight(increment=0.5, step_fraction=0.5)
-    pixelwise_weight = SwitchWeight(switch_fraction=0.5)
-    num_points = 256
-
-
-class nnUNetTrainerBoundaryTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerBoundary):
-    pass
-
-
-class nnUNetTrainerHausdorffTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerHausdorff):
-    pass
-
-
-class nnUNetTrainerMLLTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerMLL):
-    pass
-
-
-class nnUNetTrainerSharedBoundaryTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerSharedBoundary):
-    pass
-
-
-class nnUNetTrainerPNSSHESS_MLLTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerPNSSHESS_MLL):
-    sampling = nnUNetTrainerPNSSHESSTiny.sampling
+__getattr__ = moved(__name__, ["nnunetv2_ext.trainers.small_variants"], names=['nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny'])

@@ -15,7 +15,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_ext.sampling.parameters import SamplingParameters
 from nnunetv2_ext.trainers.sampling_mixin import PNSSHESSMixin
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
 DEFAULTS = SamplingParameters()
 PAPER = replace(DEFAULTS, far_negative_share=0.0, final_full_fraction=0.0, r_min=0.0, sampling="slice",
@@ -59,81 +58,7 @@ class nnUNetTrainerHESS(PNSSHESSMixin, nnUNetTrainer):
     sampling = replace(DEFAULTS, pnss=False)
 
 
-# ---- tiny variants for the CPU tests: 4 epochs of 10 iterations; r falls 1 -> 0.5 -> 0 per nnU-Net epoch -------------
-TINY_SCHEDULE = {"alpha": 0.5, "beta": 1, "epoch_unit": "nnunet_epoch"}
+# the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working
+from nnunetv2_ext._moved import moved  # noqa: E402
 
-
-class nnUNetTrainerPNSSHESSTiny(TinyTrainingMixin, nnUNetTrainerPNSSHESS):
-    sampling = replace(DEFAULTS, **TINY_SCHEDULE)
-    sampling_trace = True
-
-
-class nnUNetTrainerPNSSTiny(TinyTrainingMixin, nnUNetTrainerPNSS):
-    sampling = replace(nnUNetTrainerPNSS.sampling, **TINY_SCHEDULE)
-    sampling_trace = True
-
-
-class nnUNetTrainerHESSTiny(TinyTrainingMixin, nnUNetTrainerHESS):
-    sampling = replace(nnUNetTrainerHESS.sampling, epoch_unit="nnunet_epoch", scoring="forward")
-    sampling_trace = True
-
-
-class nnUNetTrainerHESSExactTiny(TinyTrainingMixin, nnUNetTrainerHESS):
-    """The paper's scoring: all selected slices scored without augmentation at every HESS round."""
-    sampling = replace(nnUNetTrainerHESS.sampling, epoch_unit="nnunet_epoch", scoring="exact")
-    sampling_trace = True
-
-
-class nnUNetTrainerPNSSHESSPassTiny(TinyTrainingMixin, nnUNetTrainerPNSSHESS):
-    """The paper's epochs (passes over D^r) at a tiny scale: batch 12, so that r falls within 4 epochs."""
-    tiny_batch_size = 12
-    sampling = replace(DEFAULTS, alpha=0.5, beta=1)
-    sampling_trace = True
-
-
-# ---- the README demo and the ablation (benchmarks/ablation_pnss_hess.py): same network and budget as the baseline --
-class DemoTrainingMixin(TinyTrainingMixin):
-    """Calibrated on 2 CPU cores to learn the phantom in a few minutes: 12 epochs of 40 iterations, batch 12."""
-    tiny_num_epochs = 12
-    tiny_iterations_per_epoch = 40
-    tiny_val_iterations_per_epoch = 4
-    tiny_batch_size = 12
-    tiny_feature_divisor = 2
-    tiny_max_features = 128
-
-
-DEMO_SCHEDULE = {"alpha": 0.2, "beta": 1}
-"""The demo's 12 epochs are about 15 passes over the phantom's training slices instead of a real run's hundreds, so
-L(0.2, 5) is compressed to L(0.2, 1) (in passes): r reaches 0 after 5 passes, about half-way through training."""
-
-
-class nnUNetTrainerDemo(DemoTrainingMixin, nnUNetTrainer):
-    """Baseline of the README demo and the ablation (plain nnU-Net, small network)."""
-
-
-class nnUNetTrainerPNSSHESSDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
-    sampling = replace(nnUNetTrainerPNSSHESS.sampling, **DEMO_SCHEDULE)
-
-
-class nnUNetTrainerPNSSDemo(DemoTrainingMixin, nnUNetTrainerPNSS):
-    sampling = replace(nnUNetTrainerPNSS.sampling, **DEMO_SCHEDULE)
-
-
-class nnUNetTrainerHESSDemo(DemoTrainingMixin, nnUNetTrainerHESS):
-    sampling = replace(nnUNetTrainerHESS.sampling, **DEMO_SCHEDULE)
-
-
-class nnUNetTrainerPNSSHESSPaperDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSPaper):
-    sampling = replace(nnUNetTrainerPNSSHESSPaper.sampling, **DEMO_SCHEDULE)
-
-
-class nnUNetTrainerPNSSHESSFPReplayDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFPReplay):
-    sampling = replace(nnUNetTrainerPNSSHESSFPReplay.sampling, **DEMO_SCHEDULE)
-
-
-class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFinalFull):
-    sampling = replace(nnUNetTrainerPNSSHESSFinalFull.sampling, **DEMO_SCHEDULE)
-
-
-class nnUNetTrainerPNSSHESSRFloorDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSRFloor):
-    sampling = replace(nnUNetTrainerPNSSHESSRFloor.sampling, **DEMO_SCHEDULE)
+__getattr__ = moved(__name__, ["nnunetv2_ext.trainers.small_variants"], names=['TINY_SCHEDULE', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'DEMO_SCHEDULE', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo'])

@@ -1,0 +1,218 @@
+"""Small CPU variants of the trainers: ``...Tiny`` for the tests (seconds per run) and ``...Demo`` for the README demo
+and the phantom evidence (minutes; the demo's network and budget). They change the budget and the network width
+(:class:`~nnunetv2_ext.trainers.tiny.TinyTrainingMixin`, :class:`DemoTrainingMixin`) and, where a method's schedule
+would not fit a few epochs, its schedule; never the method. They live apart from the real trainers (issue 21), so
+that a trainer module shows what users run; nnU-Net finds them by name like any trainer of the package.
+"""
+from dataclasses import replace
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_ext.sampling.hard_pretrain import HardPretrainParameters
+from nnunetv2_ext.losses.schedules import StepUpWeight, SwitchWeight
+from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumor
+from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFine, nnUNetTrainerCoarseToFineMLN
+from nnunetv2_ext.trainers.cps import nnUNetTrainerCPS
+from nnunetv2_ext.trainers.hard_pretrain import nnUNetTrainerHardPretrain, nnUNetTrainerHardPretrainBaselineMin
+from nnunetv2_ext.trainers.loss_trainers import (nnUNetTrainerBoundary, nnUNetTrainerHausdorff, nnUNetTrainerMLL,
+                                                 nnUNetTrainerPNSSHESS_MLL, nnUNetTrainerSharedBoundary)
+from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS,
+                                             nnUNetTrainerPNSSHESSFinalFull, nnUNetTrainerPNSSHESSFPReplay,
+                                             nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
+from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
+
+__all__ = ['nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCPSTiny']
+
+
+# ---- plain nnU-Net -----------------------------------------------------------------------------------
+class nnUNetTrainerTiny(TinyTrainingMixin, nnUNetTrainer):
+    """Plain nnU-Net, shrunk for CPU tests (the baseline of the tiny variants)."""
+
+
+# ---- pnss_hess ----------------------------------------------------------------------------------
+# ---- tiny variants for the CPU tests: 4 epochs of 10 iterations; r falls 1 -> 0.5 -> 0 per nnU-Net epoch -------------
+TINY_SCHEDULE = {"alpha": 0.5, "beta": 1, "epoch_unit": "nnunet_epoch"}
+
+
+class nnUNetTrainerPNSSHESSTiny(TinyTrainingMixin, nnUNetTrainerPNSSHESS):
+    sampling = replace(DEFAULTS, **TINY_SCHEDULE)
+    sampling_trace = True
+
+
+class nnUNetTrainerPNSSTiny(TinyTrainingMixin, nnUNetTrainerPNSS):
+    sampling = replace(nnUNetTrainerPNSS.sampling, **TINY_SCHEDULE)
+    sampling_trace = True
+
+
+class nnUNetTrainerHESSTiny(TinyTrainingMixin, nnUNetTrainerHESS):
+    sampling = replace(nnUNetTrainerHESS.sampling, epoch_unit="nnunet_epoch", scoring="forward")
+    sampling_trace = True
+
+
+class nnUNetTrainerHESSExactTiny(TinyTrainingMixin, nnUNetTrainerHESS):
+    """The paper's scoring: all selected slices scored without augmentation at every HESS round."""
+    sampling = replace(nnUNetTrainerHESS.sampling, epoch_unit="nnunet_epoch", scoring="exact")
+    sampling_trace = True
+
+
+class nnUNetTrainerPNSSHESSPassTiny(TinyTrainingMixin, nnUNetTrainerPNSSHESS):
+    """The paper's epochs (passes over D^r) at a tiny scale: batch 12, so that r falls within 4 epochs."""
+    tiny_batch_size = 12
+    sampling = replace(DEFAULTS, alpha=0.5, beta=1)
+    sampling_trace = True
+
+
+# ---- the README demo and the ablation (scripts/pnss_hess_ablation.py): same network and budget as the baseline ---
+class DemoTrainingMixin(TinyTrainingMixin):
+    """Calibrated on 2 CPU cores to learn the phantom in a few minutes: 12 epochs of 40 iterations, batch 12."""
+    tiny_num_epochs = 12
+    tiny_iterations_per_epoch = 40
+    tiny_val_iterations_per_epoch = 4
+    tiny_batch_size = 12
+    tiny_feature_divisor = 2
+    tiny_max_features = 128
+
+
+DEMO_SCHEDULE = {"alpha": 0.2, "beta": 1}
+
+
+"""The demo's 12 epochs are about 15 passes over the phantom's training slices instead of a real run's hundreds, so
+L(0.2, 5) is compressed to L(0.2, 1) (in passes): r reaches 0 after 5 passes, about half-way through training."""
+
+
+class nnUNetTrainerDemo(DemoTrainingMixin, nnUNetTrainer):
+    """Baseline of the README demo and the ablation (plain nnU-Net, small network)."""
+
+
+class nnUNetTrainerPNSSHESSDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
+    sampling = replace(nnUNetTrainerPNSSHESS.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSDemo(DemoTrainingMixin, nnUNetTrainerPNSS):
+    sampling = replace(nnUNetTrainerPNSS.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerHESSDemo(DemoTrainingMixin, nnUNetTrainerHESS):
+    sampling = replace(nnUNetTrainerHESS.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSPaperDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSPaper):
+    sampling = replace(nnUNetTrainerPNSSHESSPaper.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSFPReplayDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFPReplay):
+    sampling = replace(nnUNetTrainerPNSSHESSFPReplay.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFinalFull):
+    sampling = replace(nnUNetTrainerPNSSHESSFinalFull.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSRFloorDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSRFloor):
+    sampling = replace(nnUNetTrainerPNSSHESSRFloor.sampling, **DEMO_SCHEDULE)
+
+
+# ---- loss_trainers ------------------------------------------------------------------------------
+class _TinyLossSettings:
+    """Tiny runs: 2 epochs x 5 iterations; every term is on from epoch 1, so the tests exercise it."""
+    tiny_num_epochs = 2
+    tiny_iterations_per_epoch = 5
+
+    boundary_weight = StepUpWeight(increment=0.5, step_fraction=0.5)
+    hausdorff_weight = StepUpWeight(increment=0.5, step_fraction=0.5)
+    pixelwise_weight = SwitchWeight(switch_fraction=0.5)
+    num_points = 256
+
+
+class nnUNetTrainerBoundaryTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerBoundary):
+    pass
+
+
+class nnUNetTrainerHausdorffTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerHausdorff):
+    pass
+
+
+class nnUNetTrainerMLLTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerMLL):
+    pass
+
+
+class nnUNetTrainerSharedBoundaryTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerSharedBoundary):
+    pass
+
+
+class nnUNetTrainerPNSSHESS_MLLTiny(_TinyLossSettings, TinyTrainingMixin, nnUNetTrainerPNSSHESS_MLL):
+    sampling = nnUNetTrainerPNSSHESSTiny.sampling
+
+
+# ---- hard_pretrain ------------------------------------------------------------------------------
+class nnUNetTrainerHardPretrainTiny(TinyTrainingMixin, nnUNetTrainerHardPretrain):
+    """4 epochs (2 per stage); a fixed threshold of 0.99, because a tiny CPU model scores slices 0 or 1."""
+    hard_pretrain = HardPretrainParameters(threshold=0.99)
+    sampling_trace = True
+
+
+class nnUNetTrainerHardPretrainBaselineMinTiny(TinyTrainingMixin, nnUNetTrainerHardPretrainBaselineMin):
+    """The baseline rule at the tiny scale: the baseline is ``nnUNetTrainerTiny``."""
+    hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainerTiny")
+    sampling_trace = True
+
+
+class nnUNetTrainerHardPretrainDemo(DemoTrainingMixin, nnUNetTrainerHardPretrain):
+    """The README demo's network and budget (ablation row)."""
+
+
+# ---- cascade_trainers ---------------------------------------------------------------------------
+class nnUNetTrainerCascadeTumorTiny(TinyTrainingMixin, nnUNetTrainerCascadeTumor):
+    """The cascade shrunk for CPU tests: 10 epochs of 25 iterations = 1 S, 4 I, 5 J, mostly organ patches, seeded
+    (repeatable with workers on)."""
+    tiny_num_epochs = 10
+    tiny_iterations_per_epoch = 25
+    separate_fraction = 0.1
+    joint_reference_fraction = 0.4
+    foreground_oversampling = 0.75
+    seed = 12345
+
+
+class nnUNetTrainerCascadeTumorDualBranchTiny(nnUNetTrainerCascadeTumorTiny):
+    encoder = "dual_branch"
+
+
+# ---- coarse_to_fine -----------------------------------------------------------------------------
+class _TinyCoarseToFine:
+    """CPU test settings: 10 epochs x 25 iterations = S 1, I 3, J 6 epochs; K = 4 voxels on the 48x48 phantom
+    slices (K = 20 would crop the whole slice); T_max 3; no test-time mirroring (the iterative test then runs once per
+    slice instead of four times: the end-of-training validation and nnUNetv2_predict of the tests stay short);
+    ω1 = 1 instead of the paper's 0.3: in 250 iterations the small coarse stage did not always learn to find the
+    organ with 0.3 (then every box of step J came from the reference fallback and the iterative test had nothing to
+    refine)."""
+    tiny_num_epochs = 10
+    coarse_weight = 1.0
+    tiny_iterations_per_epoch = 25
+    separate_fraction = 0.1
+    joint_reference_fraction = 0.3
+    crop_margin = 4
+    max_iterations = 3
+    foreground_oversampling = 0.75
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        settings = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None  # saved in the checkpoint: nnUNetv2_predict follows it
+        return settings
+
+
+class nnUNetTrainerCoarseToFineTiny(_TinyCoarseToFine, TinyTrainingMixin, nnUNetTrainerCoarseToFine):
+    pass
+
+
+class nnUNetTrainerCoarseToFineMLNTiny(_TinyCoarseToFine, TinyTrainingMixin, nnUNetTrainerCoarseToFineMLN):
+    mln_num_points = 64
+    mln_d_model = 16
+    mln_heads = 2
+    mln_layers = 1
+
+
+# ---- cps ----------------------------------------------------------------------------------------
+class nnUNetTrainerCPSTiny(TinyTrainingMixin, nnUNetTrainerCPS):
+    """CPS shrunk for CPU tests: TinyTrainingMixin's schedule and widths, a light residual encoder."""
+    partner_resenc_blocks = (1, 1, 1, 1, 1, 1, 1, 1)
+    unlabelled_preprocessing_processes = 1
