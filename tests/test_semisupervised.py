@@ -201,6 +201,13 @@ def test_cli_writes_dataset_with_selected_pseudo_labels(predictions, tmp_path, n
     np.testing.assert_array_equal(sitk.GetArrayFromImage(label), expected)
     assert os.path.samefile(target / "labelsTr" / "lab_0.nii.gz", labelled / "labelsTr" / "lab_0.nii.gz")
     assert (labelled / "imagesUnlabeled" / "case_0_0000.nii.gz").exists()  # linked, not moved
+    # the case not selected stays unlabelled input of the new dataset (CPS on it: Pham et al., Table 5 rows 3-4)
+    assert sorted(p.name for p in (target / "imagesUnlabeled").iterdir()) == ["case_2_0000.nii.gz"]
+    assert manifest["unlabelled_cases"] == ["case_2"]
+    assert json.loads((target / "dataset.json").read_text())["pseudo_labels"]["num_unlabelled"] == 1
+    from nnunetv2_ext.semisupervised.unlabelled import find_unlabelled_cases
+    assert list(find_unlabelled_cases(str(target), json.loads((target / "dataset.json").read_text()),
+                                      ["lab_0", "lab_1", "case_0", "case_1"])) == ["case_2"]  # what CPS reads
     # existing output id: refused without --overwrite (exit 2, nothing changed), replaced with it
     before = (target / "pseudo_labels.json").stat().st_mtime_ns
     assert pseudolabel_main(args + ["--top-fraction", "0.6"]) == 2

@@ -112,6 +112,33 @@ def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs,
     assert state["final"]["dataset"] == raw1.name and state["rounds"]["0"]["selected"] == selected
 
 
+CPS_ROUND1_ID = 947
+
+
+@pytest.fixture(scope="module")
+def cps_self_train_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
+    """The pseudo-label -> CPS loop (Pham et al., Table 5 rows 3-4; issue 19, item 1): self-training with the CPS
+    trainer: 2 CPS models on D_0 (its imagesUnlabeled), pseudo-labels, and a CPS model on D_1, whose accepted cases
+    are labelled and whose other unlabelled cases are its unlabelled input."""
+    work = tmp_path_factory.mktemp("self_train_cps")
+    args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", CPS_ROUND1_ID, "-f", "0", "1",
+            "--final-folds", "0", "-tr", "nnUNetTrainerCPSTiny", "--top-fraction", "0.5", "--work-dir", work,
+            "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
+    return {"out": run_cmd(args, timeout=1800, env=trainer_env), "work": work}
+
+
+def test_self_training_with_cps_goes_past_round_0(cps_self_train_run, nnunet_dirs, semi_phantom):
+    raw1 = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{CPS_ROUND1_ID}_*"))
+    manifest = json.loads((raw1 / "pseudo_labels.json").read_text())
+    selected = sorted(s["case"] for s in manifest["selected"])
+    unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
+    rest = sorted(set(unlabelled) - set(selected))
+    assert len(selected) == 3 and sorted(p.name[:-12] for p in (raw1 / "imagesUnlabeled").iterdir()) == rest
+    final = nnunet_dirs["nnUNet_results"] / raw1.name / "nnUNetTrainerCPSTiny__nnUNetPlans__2d" / "fold_0"
+    assert (final / "checkpoint_final.pth").exists()
+    assert f"CPS: {len(rest)} unlabelled cases" in _log(final)  # trained on D_1: its remaining unlabelled cases
+
+
 def test_second_call_resumes_without_redoing_anything(self_train_run):
     out = self_train_run["second"]
     assert "$ nnUNetv2_" not in out, out[-2000:]

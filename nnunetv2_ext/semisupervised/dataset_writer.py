@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
@@ -18,7 +18,7 @@ from nnunetv2_ext.file_checks import TruncatedFileError, check_complete
 from nnunetv2_ext.io_atomic import write_folder_atomically
 from nnunetv2_ext.semisupervised.errors import PseudoLabelError
 from nnunetv2_ext.semisupervised.pseudolabel import CaseScore, PredictionSet, averaged_pseudo_label, foreground_labels
-from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
+from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES, images_in_folder
 
 MANIFEST_NAME = "pseudo_labels.json"
 
@@ -52,6 +52,10 @@ class DatasetPlan:
     images: Dict[str, List[str]]
     """Selected case -> its image files (all channels)."""
     splits: Optional[List[dict]]
+    unlabelled: Dict[str, List[str]] = field(default_factory=dict)
+    """The unlabelled cases that were not selected -> their image files: they go to the new dataset's
+    ``imagesUnlabeled/``, so that CPS (Pham et al., Table 5 rows 3-4) trains on the accepted pseudo-labels as
+    labelled cases and on the rest as unlabelled input."""
 
 
 def labelled_splits(labelled_folder: str, cases: Sequence[str]) -> Optional[List[dict]]:
@@ -131,12 +135,24 @@ def plan_dataset(labelled_id: int, output_id: int, selected: Sequence[str], pred
                                f"{num_channels} channel(s): {'; '.join(missing[:5])}")
     for case in selected:  # an image on another grid than its pseudo-label would make a broken training case
         _check_image_grid(pred, case, images[case])
+    unlabelled = {}
+    if selected and os.path.isdir(images_folder):
+        # every unlabelled image of the folder that was not selected (nnU-Net naming CASE_0000<ending>)
+        found, problems = images_in_folder(images_folder, ljson)
+        if problems:
+            raise PseudoLabelError(f"{len(problems)} unlabelled case(s) in {images_folder} are incomplete: "
+                                   + "; ".join(problems[:5]))
+        labelled_too = sorted(set(found) & set(lcases))
+        if labelled_too:
+            raise PseudoLabelError(f"{len(labelled_too)} case(s) of {images_folder} are labelled cases of "
+                                   f"{os.path.basename(labelled)}: {labelled_too[:5]}")
+        unlabelled = {c: f for c, f in found.items() if c not in images}
     splits = labelled_splits(labelled, list(lcases))
     if splits is not None:
         unknown = sorted({c for fold in splits for c in fold["train"] + fold["val"]} - set(lcases))
         if unknown:
             raise PseudoLabelError(f"the labelled dataset's splits name cases it does not have: {unknown[:5]}")
-    return DatasetPlan(labelled, ljson, lcases, target, existing, images, splits)
+    return DatasetPlan(labelled, ljson, lcases, target, existing, images, splits, unlabelled)
 
 
 def _check_image_grid(pred: PredictionSet, case: str, image_files: List[str]) -> None:
@@ -190,6 +206,11 @@ def write_dataset(plan: DatasetPlan, pred: PredictionSet, selected: Sequence[str
         for case in selected:
             for i, f in enumerate(plan.images[case]):
                 _link_or_copy(f, join(tmp, "imagesTr", f"{case}_{i:04d}{ending}"), copy)
+        if plan.unlabelled:  # the cases not selected stay unlabelled input (CPS)
+            os.makedirs(join(tmp, UNLABELLED_IMAGES))
+            for case, files in plan.unlabelled.items():
+                for i, f in enumerate(files):
+                    _link_or_copy(f, join(tmp, UNLABELLED_IMAGES, f"{case}_{i:04d}{ending}"), copy)
         jobs = [(pred.for_case(case), case, join(tmp, "labelsTr", case + ending)) for case in selected]
         if num_processes > 1 and len(jobs) > 1:
             with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
@@ -204,7 +225,7 @@ def write_dataset(plan: DatasetPlan, pred: PredictionSet, selected: Sequence[str
         djson["name"] = os.path.basename(plan.target)
         djson["pseudo_labels"] = {"labelled_dataset": os.path.basename(plan.labelled_folder),
                                   "num_labelled": len(plan.labelled_cases), "num_pseudo_labelled": len(selected),
-                                  "manifest": MANIFEST_NAME}
+                                  "num_unlabelled": len(plan.unlabelled), "manifest": MANIFEST_NAME}
         with open(join(tmp, "dataset.json"), "w", encoding="utf-8") as f:
             json.dump(djson, f, indent=1)
         if plan.splits is not None:
@@ -213,7 +234,7 @@ def write_dataset(plan: DatasetPlan, pred: PredictionSet, selected: Sequence[str
             with open(join(tmp, "splits_final.json"), "w", encoding="utf-8") as f:
                 json.dump(splits, f, indent=1)
         manifest = dict(selection, labelled_dataset=os.path.basename(plan.labelled_folder),
-                        labelled_cases=sorted(plan.labelled_cases),
+                        labelled_cases=sorted(plan.labelled_cases), unlabelled_cases=sorted(plan.unlabelled),
                         selected=[{"case": c, "score": scores[c].score,
                                    "class_scores": {str(k): v for k, v in scores[c].class_scores.items()}}
                                   for c in selected])

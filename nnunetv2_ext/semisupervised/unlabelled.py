@@ -25,7 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
@@ -45,14 +45,13 @@ HOW_TO_DECLARE = (f"declare unlabelled cases in the raw dataset folder: images i
                   f"writes them) or listed in {UNLABELLED_LIST}")
 
 
-def find_unlabelled_cases(raw_dataset_folder: str, dataset_json: dict,
-                          labelled_cases: Sequence[str] = ()) -> Dict[str, List[str]]:
-    """Case identifier -> image files (one per channel) of the declared unlabelled cases (module docstring)."""
+def images_in_folder(folder: str, dataset_json: dict) -> Tuple[Dict[str, List[str]], List[str]]:
+    """(case -> image files, one per channel; problems) of the images in ``folder`` in nnU-Net's naming
+    (CASE_0000<file ending>, one file per channel); a case lacking a channel is a problem, not a case."""
     ending = dataset_json["file_ending"]
     num_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {0: "x"})))
     cases: Dict[str, List[str]] = {}
     problems: List[str] = []
-    folder = join(raw_dataset_folder, UNLABELLED_IMAGES)
     if os.path.isdir(folder):
         names = set(os.listdir(folder))
         for name in sorted(names):
@@ -64,6 +63,15 @@ def find_unlabelled_cases(raw_dataset_folder: str, dataset_json: dict,
                     problems.append(f"{case}: {', '.join(lacking)} missing in {folder}")
                 else:
                     cases[case] = files
+    return cases, problems
+
+
+def find_unlabelled_cases(raw_dataset_folder: str, dataset_json: dict,
+                          labelled_cases: Sequence[str] = ()) -> Dict[str, List[str]]:
+    """Case identifier -> image files (one per channel) of the declared unlabelled cases (module docstring)."""
+    ending = dataset_json["file_ending"]
+    num_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {0: "x"})))
+    cases, problems = images_in_folder(join(raw_dataset_folder, UNLABELLED_IMAGES), dataset_json)
     listing = join(raw_dataset_folder, UNLABELLED_LIST)
     if isfile(listing):
         for case, entry in sorted(load_json(listing).get("cases", {}).items()):
