@@ -3,9 +3,9 @@
 One module-scoped phantom (6 labelled, 6 unlabelled in imagesUnlabeled/, 2 test cases; 24 x 48 x 48; 2d), planned
 and preprocessed once, then:
 
-- a self-training round with ``nnUNetv2_ext_self_train``: train 2 models (folds 0 and 1 of a test trainer that
-  learns the phantom in 300 iterations and skips nnU-Net's final validation), predict the unlabelled images, score,
-  select (top half), write and preprocess the new dataset, retrain (fold 0); a second call resumes and runs nothing;
+- a self-training round with ``nnUNetv2_ext_self_train`` and the CPS trainer (the pseudo-label -> CPS loop): train 2
+  models (folds 0 and 1), predict the unlabelled images, score, select (top half), write the new dataset (the cases
+  not selected stay unlabelled) and preprocess it, retrain CPS on it (fold 0); a second call resumes and runs nothing;
 - ``nnUNetTrainerCPSTiny`` with 2 augmentation workers: a run that crashes after epoch 1, ``--c`` resumes it, then
   ``nnUNetv2_predict -tr nnUNetTrainerCPSTiny`` predicts the test cases; the saved probabilities are the mean of
   the two networks' softmax.
@@ -28,26 +28,7 @@ pytestmark = pytest.mark.e2e
 
 LABELLED_ID, ROUND1_ID = 948, 949
 TEST_TRAINERS = KILL_DURING_EPOCH + '''
-import os
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
-from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
-
-
-class nnUNetTrainerSemiTest(TinyTrainingMixin, nnUNetTrainer):
-    """Finds the phantom's organ (validation Dice ~0.7 after 6 x 50 iterations); no final validation (CI time)."""
-    tiny_num_epochs = 6
-    tiny_iterations_per_epoch = 50
-    tiny_val_iterations_per_epoch = 1
-    tiny_max_features = 32
-
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.oversample_foreground_percent = 0.75
-
-    def perform_actual_validation(self, save_probabilities=False):
-        self.print_to_log_file("final validation skipped (test trainer)")
 
 
 class nnUNetTrainerCPSTinyCrash(KillDuringEpoch, nnUNetTrainerCPSTiny):
@@ -74,8 +55,10 @@ def semi_phantom(nnunet_dirs):
 @pytest.fixture(scope="module")
 def self_train_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
     work = tmp_path_factory.mktemp("self_train")
+    # the CPS trainer, so that the same run also tests the pseudo-label -> CPS loop (Pham et al., Table 5 rows 3-4;
+    # issue 19, item 1): D_1 keeps the cases not accepted as unlabelled input of the final CPS model
     args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", ROUND1_ID, "-f", "0", "1",
-            "--final-folds", "0", "-tr", "nnUNetTrainerSemiTest", "--top-fraction", "0.5", "--work-dir", work,
+            "--final-folds", "0", "-tr", "nnUNetTrainerCPSTiny", "--top-fraction", "0.5", "--work-dir", work,
             "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
     first = run_cmd(args, timeout=1800, env=trainer_env)
     second = run_cmd(args, timeout=600, env=trainer_env)
@@ -89,7 +72,7 @@ def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs,
     work = self_train_run["work"]
     unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
     for fold in (0, 1):
-        pred = work / "round_0" / "predictions" / f"nnUNetTrainerSemiTest__fold_{fold}"
+        pred = work / "round_0" / "predictions" / f"nnUNetTrainerCPSTiny__fold_{fold}"
         assert sorted(p.name[:-7] for p in pred.glob("*.nii.gz")) == unlabelled
     scores = (work / "round_0" / "pseudolabels" / "scores.csv").read_text().splitlines()
     assert len(scores) == 1 + len(unlabelled) and scores[0].startswith("case,score,score_organ")
@@ -106,29 +89,16 @@ def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs,
     plans0 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / semi_phantom.name / "nnUNetPlans.json").read_text())
     plans1 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / raw1.name / "nnUNetPlans.json").read_text())
     assert plans1["configurations"]["2d"] == plans0["configurations"]["2d"]
-    final = nnunet_dirs["nnUNet_results"] / raw1.name / "nnUNetTrainerSemiTest__nnUNetPlans__2d" / "fold_0"
+    final = nnunet_dirs["nnUNet_results"] / raw1.name / "nnUNetTrainerCPSTiny__nnUNetPlans__2d" / "fold_0"
     assert (final / "checkpoint_final.pth").exists()
     state = json.loads((work / "self_train_state.json").read_text())
     assert state["final"]["dataset"] == raw1.name and state["rounds"]["0"]["selected"] == selected
 
 
-CPS_ROUND1_ID = 947
-
-
-@pytest.fixture(scope="module")
-def cps_self_train_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
-    """The pseudo-label -> CPS loop (Pham et al., Table 5 rows 3-4; issue 19, item 1): self-training with the CPS
-    trainer: 2 CPS models on D_0 (its imagesUnlabeled), pseudo-labels, and a CPS model on D_1, whose accepted cases
-    are labelled and whose other unlabelled cases are its unlabelled input."""
-    work = tmp_path_factory.mktemp("self_train_cps")
-    args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", CPS_ROUND1_ID, "-f", "0", "1",
-            "--final-folds", "0", "-tr", "nnUNetTrainerCPSTiny", "--top-fraction", "0.5", "--work-dir", work,
-            "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
-    return {"out": run_cmd(args, timeout=1800, env=trainer_env), "work": work}
-
-
-def test_self_training_with_cps_goes_past_round_0(cps_self_train_run, nnunet_dirs, semi_phantom):
-    raw1 = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{CPS_ROUND1_ID}_*"))
+def test_self_training_with_cps_goes_past_round_0(self_train_run, nnunet_dirs, semi_phantom):
+    """The pseudo-label -> CPS loop: 2 CPS models on D_0 (its imagesUnlabeled), pseudo-labels, and the final CPS model
+    on D_1, whose accepted cases are labelled and whose other unlabelled cases are its unlabelled input."""
+    raw1 = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{ROUND1_ID}_*"))
     manifest = json.loads((raw1 / "pseudo_labels.json").read_text())
     selected = sorted(s["case"] for s in manifest["selected"])
     unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
