@@ -37,26 +37,14 @@ DATASET_ID = 992
 DATASET = f"Dataset{DATASET_ID:03d}_PhantomAblation"
 MAIN = ["nnUNetTrainerDemo", "nnUNetTrainerPNSSDemo", "nnUNetTrainerHESSDemo", "nnUNetTrainerPNSSHESSDemo",
         "nnUNetTrainerHardPretrainDemo"]
-DESIGN = {  # name: (change from nnUNetTrainerPNSSHESSDemo's sampling, what it tests)
-    "AblSlice": ({"sampling": "slice"}, "the paper's draw: uniform over D^r, no oversampling"),
-    "AblCase": ({"sampling": "case"}, "nnU-Net's case-uniform draw + oversampling, restricted to the slab"),
-    "AblFar0": ({"far_negative_share": 0.0}, "no far negatives kept (the paper)"),
-    "AblFinalFull": ({"far_negative_share": 0.0, "final_full_fraction": 0.2}, "no far negatives; last 20 % at r = 1"),
-    "AblForward": ({"scoring": "forward", "compare_scoring": True},
-                   "forward scores (age 1 round); agreement with the exact pass logged"),
-    "AblNnunetEpochs": ({"epoch_unit": "nnunet_epoch", "beta": 2}, "L(0.2, 2) in nnU-Net epochs (the old mapping)"),
+DESIGN = {  # name (a trainer in nnunetv2_ext.trainers.small_variants): what it tests
+    "AblSlice": "the paper's draw: uniform over D^r, no oversampling",
+    "AblCase": "nnU-Net's case-uniform draw + oversampling, restricted to the slab",
+    "AblFar0": "no far negatives kept (the paper)",
+    "AblFinalFull": "no far negatives; last 20 % at r = 1",
+    "AblForward": "forward scores (age 1 round); agreement with the exact pass logged",
+    "AblNnunetEpochs": "L(0.2, 2) in nnU-Net epochs (the old mapping)",
 }
-PAPER_DOC = "the paper's settings (slice draw, no far negatives, exact scoring), mini epochs on top"
-
-
-def trainer_module() -> str:
-    lines = ["from dataclasses import replace",
-             "from nnunetv2_ext.trainers.small_variants import nnUNetTrainerPNSSHESSDemo as _D, "
-             "nnUNetTrainerPNSSHESSPaperDemo as _P", ""]
-    for name, (change, doc) in DESIGN.items():
-        lines += [f"class {name}(_D):", f"    \"\"\"{doc}\"\"\"", f"    sampling = replace(_D.sampling, **{change!r})", ""]
-    lines += ["class AblPaper(_P):", f"    \"\"\"{PAPER_DOC}\"\"\"", ""]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -71,11 +59,7 @@ def main(argv=None) -> None:
     p.add_argument("--skip", nargs="+", default=[], help="trainers of the set not to run (named in the report)")
     a = p.parse_args(argv)
     work = os.path.abspath(a.work_dir)
-    trainers_dir = os.path.join(work, "trainers")
-    os.makedirs(trainers_dir, exist_ok=True)
-    with open(os.path.join(trainers_dir, "ablation_trainers.py"), "w", encoding="utf-8") as f:
-        f.write(trainer_module())
-    env = nnunet_env(work, a.processes, {"nnUNet_extTrainer": trainers_dir})
+    env = nnunet_env(work, a.processes)  # the design rows are trainers of nnunetv2_ext.trainers.small_variants
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     pipe = Pipeline(work, DATASET_ID, env, os.path.join(work, "ablation_log.txt"))
     raw = os.path.join(env["nnUNet_raw"], DATASET)

@@ -21,7 +21,7 @@ from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNet
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ['nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCPSTiny']
+__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCPSTiny']
 
 
 # ---- plain nnU-Net -----------------------------------------------------------------------------------
@@ -110,6 +110,44 @@ class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHES
 
 class nnUNetTrainerPNSSHESSRFloorDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSRFloor):
     sampling = replace(nnUNetTrainerPNSSHESSRFloor.sampling, **DEMO_SCHEDULE)
+
+
+# ---- the design ablation of scripts/pnss_hess_ablation.py (--set design): the demo's PNSS/HESS with one setting
+# changed at a time; named as the rows of its committed tables (docs/evidence.md, section 2)
+
+
+class AblSlice(nnUNetTrainerPNSSHESSDemo):
+    """Ablation row: the paper's draw: uniform over D^r, no oversampling."""
+    sampling = replace(nnUNetTrainerPNSSHESSDemo.sampling, **{'sampling': 'slice'})
+
+
+class AblCase(nnUNetTrainerPNSSHESSDemo):
+    """Ablation row: nnU-Net's case-uniform draw + oversampling, restricted to the slab."""
+    sampling = replace(nnUNetTrainerPNSSHESSDemo.sampling, **{'sampling': 'case'})
+
+
+class AblFar0(nnUNetTrainerPNSSHESSDemo):
+    """Ablation row: no far negatives kept (the paper)."""
+    sampling = replace(nnUNetTrainerPNSSHESSDemo.sampling, **{'far_negative_share': 0.0})
+
+
+class AblFinalFull(nnUNetTrainerPNSSHESSDemo):
+    """Ablation row: no far negatives; last 20 % at r = 1."""
+    sampling = replace(nnUNetTrainerPNSSHESSDemo.sampling, **{'far_negative_share': 0.0, 'final_full_fraction': 0.2})
+
+
+class AblForward(nnUNetTrainerPNSSHESSDemo):
+    """Ablation row: forward scores (age 1 round); agreement with the exact pass logged."""
+    sampling = replace(nnUNetTrainerPNSSHESSDemo.sampling, **{'scoring': 'forward', 'compare_scoring': True})
+
+
+class AblNnunetEpochs(nnUNetTrainerPNSSHESSDemo):
+    """Ablation row: L(0.2, 2) in nnU-Net epochs (the old mapping)."""
+    sampling = replace(nnUNetTrainerPNSSHESSDemo.sampling, **{'epoch_unit': 'nnunet_epoch', 'beta': 2})
+
+
+class AblPaper(nnUNetTrainerPNSSHESSPaperDemo):
+    """Ablation row: the paper's settings (slice draw, no far negatives, exact scoring), mini epochs on top."""
 
 
 # ---- loss_trainers ------------------------------------------------------------------------------
