@@ -70,11 +70,15 @@ def test_baseline_min_slice_dsc_by_hand(tmp_path):
     ref_b, pred_b = np.zeros((1, 4, 4), np.uint8), np.zeros((1, 4, 4), np.uint8)
     ref_b[0, 1, :3] = 1
     pred_b[0, 1, 0] = 1
+    ref_b[0, 3, 3] = 2  # the ignore label: with ignore_label=2 this voxel does not count (else b's DSC changes)
+    pred_b[0, 3, 3] = 1
     for case, ref, pred in (("a", ref_a, pred_a), ("b", ref_b, pred_b)):
         sitk.WriteImage(sitk.GetImageFromArray(ref), str(tmp_path / "gt" / f"{case}.nii.gz"))
         sitk.WriteImage(sitk.GetImageFromArray(pred), str(tmp_path / "val" / f"{case}.nii.gz"))
-    out = baseline_min_slice_dsc(str(tmp_path / "val"), str(tmp_path / "gt"), ".nii.gz")
+    out = baseline_min_slice_dsc(str(tmp_path / "val"), str(tmp_path / "gt"), ".nii.gz", ignore_label=2)
     assert out == {"threshold": pytest.approx(0.5), "slice": "b z=0", "slices": 3, "cases": 2}
+    counted = baseline_min_slice_dsc(str(tmp_path / "val"), str(tmp_path / "gt"), ".nii.gz")  # 2 * 2 / (2 + 4)
+    assert counted["threshold"] == pytest.approx(2 / 3) and counted["slice"] == "a z=0"
     with pytest.raises(ValueError, match="holds no validation predictions"):
         baseline_min_slice_dsc(str(tmp_path / "nothing"), str(tmp_path / "gt"), ".nii.gz")
     (tmp_path / "gt" / "b.nii.gz").unlink()

@@ -300,9 +300,6 @@ def baseline_min_slice_dsc(validation_folder: str, reference_folder: str, file_e
                              f"differ in shape")
         valid = np.ones(ref.shape, bool) if ignore_label is None else ref != ignore_label
         p, r = (pred > 0) & valid, (ref > 0) & valid
-        if ignore_label is not None:
-            p &= pred != ignore_label
-            r &= ref != ignore_label
         inter = (p & r).reshape(len(r), -1).sum(1)
         sums = p.reshape(len(p), -1).sum(1) + r.reshape(len(r), -1).sum(1)
         for z in np.flatnonzero(r.reshape(len(r), -1).any(1)):
