@@ -76,6 +76,8 @@ def test_three_steps_logged_per_epoch(c2f_run):
     assert steps == ["S"] + ["I"] * 3 + ["J"] * 6
     assert "steps S epochs [0, 1), I [1, 4), J [4, 10)" in log
     assert "crop margin K = (4, 4) voxels" in log and "iterative test tol 0.99, T_max 3" in log
+    # seeded weights and workers (SeededRunMixin): the learning checks below do not depend on the machine's luck
+    assert "seed 2024: training augmentation restarted: 2 ordered workers with seeds [2024000, 2024001]" in log
     terms = re.findall(r"Coarse-to-fine loss terms: E_coarse (-?[0-9.]+), E_fine (-?[0-9.]+)", log)
     assert len(terms) == 10 and all(np.isfinite(float(v)) for t in terms for v in t)
     # step J trains on predicted boxes: by then the coarse stage finds the organ in most organ patches

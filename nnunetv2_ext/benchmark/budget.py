@@ -9,7 +9,7 @@ module ``__getattr__``), and every run gets its own result folder (``<name>__nnU
 overwrite each other. No trainer code is written into files or strings; a user's trainer (found through their own
 ``nnUNet_extTrainer`` folder) is wrapped exactly like ours. ``0`` for batch or width keeps the plans' value.
 
-What the seed controls (:class:`BudgetMixin`): Python's, NumPy's and torch's generators in the main process before the
+What the seed controls (:class:`~nnunetv2_ext.nnunet_adapters.seeding.SeededRunMixin`): Python's, NumPy's and torch's generators in the main process before the
 network is built (weight initialisation; + 1000 x DDP rank), and the augmentation workers: their seeds are fixed and
 their batches consumed in a fixed order (:func:`nnunetv2_ext.nnunet_adapters.augmenters.seeded_augmenter`), so a run
 with workers on is repeatable. Trainers that build their loaders with our ``build_dataloaders`` read the same
@@ -18,14 +18,14 @@ with workers on is repeatable. Trainers that build their loaders with our ``buil
 from __future__ import annotations
 
 import os
-import random
 import re
 from copy import deepcopy
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
-import numpy as np
 import torch
+
+from nnunetv2_ext.nnunet_adapters.seeding import SeededRunMixin
 
 SUFFIX = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z0-9_]*?)_BM(?P<epochs>\d+)x(?P<iterations>\d+)v(?P<val_iterations>\d+)"
                     r"b(?P<batch>\d+)w(?P<width>\d+)s(?P<seed>\d+)(?:k(?P<keep_every>\d+))?$")
@@ -97,7 +97,7 @@ def scaled_features(features_per_stage, width: int) -> list:
     return [max(1, int(round(f * width / f0))) for f in features_per_stage]
 
 
-class BudgetMixin:
+class BudgetMixin(SeededRunMixin):
     """The budget and the seed of :class:`Budget` on top of any nnU-Net trainer (mixin first)."""
     budget: Budget
 
@@ -113,14 +113,6 @@ class BudgetMixin:
         self.seed = b.seed
         if os.environ.get("OMP_NUM_THREADS", "").isdigit() and self.device.type == "cpu":
             torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
-
-    def initialize(self):
-        if not self.was_initialized:
-            seed = self.seed + 1000 * (self.local_rank if self.is_ddp else 0)
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-        super().initialize()
 
     def on_epoch_end(self):
         done = self.current_epoch + 1
@@ -149,17 +141,6 @@ class BudgetMixin:
             configuration_manager = ConfigurationManager(config)
         return super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                   num_output_channels, enable_deep_supervision)
-
-    def get_dataloaders(self):
-        from nnunetv2_ext.nnunet_adapters.augmenters import VALIDATION_OFFSET, seeded_augmenter
-        loaders = super().get_dataloaders()
-        out = []
-        seed = self.seed + 1000 * (self.local_rank if self.is_ddp else 0)
-        for kind, loader, offset in zip(("training", "validation"), loaders, (0, VALIDATION_OFFSET)):
-            seeded, how = seeded_augmenter(loader, seed, offset)
-            self.print_to_log_file(f"benchmark seed {self.seed}: {kind} augmentation {how}")
-            out.append(seeded)
-        return tuple(out)
 
 
 _CACHE: Dict[str, type] = {}
