@@ -111,6 +111,8 @@ setup(
             "nnunetv2_ext_pnss_schedule=nnunetv2_ext.sampling.schedule_cli:main",
             "nnunetv2_ext_pseudolabel=nnunetv2_ext.semisupervised.cli:pseudolabel_main",
             "nnunetv2_ext_self_train=nnunetv2_ext.semisupervised.cli:self_train_main",
+            "nnunetv2_ext_add_slice_position=nnunetv2_ext.dataset_conversion.slice_position:main",
+            "nnunetv2_ext_add_slice_position_to_images=nnunetv2_ext.dataset_conversion.slice_position:images_main",
         ])
     },
 )

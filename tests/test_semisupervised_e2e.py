@@ -27,6 +27,8 @@ from conftest import (KILL_DURING_EPOCH, check_killed_and_resumed, export_instal
 pytestmark = pytest.mark.e2e
 
 LABELLED_ID, ROUND1_ID = 948, 949
+#: seeded and long enough that both CPS networks find the organ (its docstring): the round needs scores
+SELF_TRAIN_TRAINER = "nnUNetTrainerCPSTinySeeded"
 TEST_TRAINERS = KILL_DURING_EPOCH + '''
 from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCPSTiny
 
@@ -58,7 +60,7 @@ def self_train_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
     # the CPS trainer, so that the same run also tests the pseudo-label -> CPS loop (Pham et al., Table 5 rows 3-4;
     # issue 19, item 1): D_1 keeps the cases not accepted as unlabelled input of the final CPS model
     args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", ROUND1_ID, "-f", "0", "1",
-            "--final-folds", "0", "-tr", "nnUNetTrainerCPSTiny", "--top-fraction", "0.5", "--work-dir", work,
+            "--final-folds", "0", "-tr", SELF_TRAIN_TRAINER, "--top-fraction", "0.5", "--work-dir", work,
             "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
     first = run_cmd(args, timeout=1800, env=trainer_env)
     second = run_cmd(args, timeout=600, env=trainer_env)
@@ -72,7 +74,7 @@ def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs,
     work = self_train_run["work"]
     unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
     for fold in (0, 1):
-        pred = work / "round_0" / "predictions" / f"nnUNetTrainerCPSTiny__fold_{fold}"
+        pred = work / "round_0" / "predictions" / f"{SELF_TRAIN_TRAINER}__fold_{fold}"
         assert sorted(p.name[:-7] for p in pred.glob("*.nii.gz")) == unlabelled
     scores = (work / "round_0" / "pseudolabels" / "scores.csv").read_text().splitlines()
     assert len(scores) == 1 + len(unlabelled) and scores[0].startswith("case,score,score_organ")
@@ -89,7 +91,7 @@ def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs,
     plans0 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / semi_phantom.name / "nnUNetPlans.json").read_text())
     plans1 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / raw1.name / "nnUNetPlans.json").read_text())
     assert plans1["configurations"]["2d"] == plans0["configurations"]["2d"]
-    final = nnunet_dirs["nnUNet_results"] / raw1.name / "nnUNetTrainerCPSTiny__nnUNetPlans__2d" / "fold_0"
+    final = nnunet_dirs["nnUNet_results"] / raw1.name / f"{SELF_TRAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
     assert (final / "checkpoint_final.pth").exists()
     state = json.loads((work / "self_train_state.json").read_text())
     assert state["final"]["dataset"] == raw1.name and state["rounds"]["0"]["selected"] == selected
@@ -104,7 +106,7 @@ def test_self_training_with_cps_goes_past_round_0(self_train_run, nnunet_dirs, s
     unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
     rest = sorted(set(unlabelled) - set(selected))
     assert len(selected) == 3 and sorted(p.name[:-12] for p in (raw1 / "imagesUnlabeled").iterdir()) == rest
-    final = nnunet_dirs["nnUNet_results"] / raw1.name / "nnUNetTrainerCPSTiny__nnUNetPlans__2d" / "fold_0"
+    final = nnunet_dirs["nnUNet_results"] / raw1.name / f"{SELF_TRAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
     assert (final / "checkpoint_final.pth").exists()
     assert f"CPS: {len(rest)} unlabelled cases" in _log(final)  # trained on D_1: its remaining unlabelled cases
 

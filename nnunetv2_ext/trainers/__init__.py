@@ -11,4 +11,5 @@ from nnunetv2_ext.trainers.hard_pretrain import *  # noqa
 from nnunetv2_ext.trainers.cascade_trainers import *  # noqa
 from nnunetv2_ext.trainers.coarse_to_fine import *  # noqa
 from nnunetv2_ext.trainers.cps import *  # noqa
+from nnunetv2_ext.trainers.slice_position import *  # noqa
 from nnunetv2_ext.trainers.small_variants import *  # noqa
