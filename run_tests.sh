@@ -8,4 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_venv.sh
-exec "$VENV/bin/python" -m pytest -ra --durations=30 tests "$@"
+# Two workers, each running whole test files (--dist loadfile: a file's module fixtures are built once). Most of the
+# suite's time is nnU-Net commands starting up (about 6 s of single-threaded imports each), which one process at a
+# time leaves a core idle for; NNUNETV2_EXT_TEST_WORKERS=0 runs everything in one process.
+WORKERS="${NNUNETV2_EXT_TEST_WORKERS:-2}"
+PARALLEL=()
+if [ "$WORKERS" != "0" ]; then
+  PARALLEL=(-n "$WORKERS" --dist loadfile)
+fi
+exec "$VENV/bin/python" -m pytest -ra --durations=30 "${PARALLEL[@]}" tests "$@"

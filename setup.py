@@ -90,6 +90,7 @@ setup(
     ],
     extras_require={"test": [
         "pytest", "pytest-timeout",
+        "pytest-xdist>=3",  # run_tests.sh: two test files at a time on the 2-core CI machine
         "setuptools>=70.1",  # the wheel test builds without isolation
         # independent references of the evaluation metrics (tests only)
         "monai>=1.4", "surface-distance>=0.1", "medpy>=0.5",
