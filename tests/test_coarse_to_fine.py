@@ -463,3 +463,56 @@ def test_whole_case_prediction_names_the_case_and_returns_its_record():
     with torch.no_grad():
         single = net.predict_case_logits(case, CaseContext("case_5", None, (32, 32)))
     assert single.record is None and net.iteration_log.names == [None, "case_3", "case_4"]  # nothing recorded
+
+
+# ------------------------------------------------------------------ the MLL model (issue 18, item 2)
+class _Constant(nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+        self.calls = []
+
+    def forward(self, output, target, sdm=None):
+        self.calls.append(sdm)
+        return output.sum() * 0 + self.value
+
+
+def test_fine_terms_add_eq_11_on_the_fine_output_by_hand():
+    """ω1 E_R(coarse) + ω2 (E_R(fine) + α L_B + β E_P) with constants for every term: 0.3·1 + 0.5·(2 + 0.5·3 + 0·4)
+    before β switches on, + 0.5·1·4 after; a term whose weight is 0 is not computed (nan in the log)."""
+    from types import SimpleNamespace
+
+    from nnunetv2_ext.losses.schedules import ConstantWeight, SwitchWeight
+    region = lambda logits, t: logits.sum() * 0 + (1.0 if logits.shape[-1] == 7 else 2.0)  # noqa: E731
+    boundary, pixel = _Constant(3.0), _Constant(4.0)
+    loss = CoarseToFineLoss(region, 0.3, 0.5, fine_terms={"boundary": (boundary, ConstantWeight(0.5)),
+                                                          "pixelwise": (pixel, SwitchWeight(0.6))})
+    aux = SimpleNamespace(coarse_logits=torch.zeros(1, 2, 7, 7))
+    output, target, sdm = torch.zeros(1, 2, 8, 8), torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    loss.set_epoch(5, 10)
+    assert loss.current_weights() == {"coarse": 0.3, "fine": 0.5, "boundary": 0.5, "pixelwise": 0.0}
+    assert float(loss(output, aux, target, sdm)) == pytest.approx(0.3 + 0.5 * (2 + 1.5))
+    assert math.isnan(loss.last_terms["pixelwise"]) and loss.last_terms["boundary"] == 3.0 and not pixel.calls
+    loss.set_epoch(6, 10)
+    assert float(loss(output, aux, target, sdm)) == pytest.approx(0.3 + 0.5 * (2 + 1.5 + 4))
+    assert boundary.calls[-1] is sdm  # the terms get the signed distance maps
+    with pytest.raises(ValueError, match="exclude each other"):
+        from nnunetv2_ext.coarse_to_fine.loss import MLNLossWeights
+        from nnunetv2_ext.coarse_to_fine.mln import MLNBoundaryTerm
+        CoarseToFineLoss(region, 0.3, 0.5, MLNLossWeights(), MLNBoundaryTerm(2.0),
+                         fine_terms={"boundary": (boundary, ConstantWeight(1.0))})
+    with pytest.raises(ValueError, match="fine term 'fine' needs another name"):
+        CoarseToFineLoss(region, 0.3, 0.5, fine_terms={"fine": (boundary, ConstantWeight(1.0))})
+
+
+def test_mll_model_has_the_papers_settings(phantom_2d_plans):
+    from nnunetv2_ext.losses.schedules import restart_epoch
+    from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFineMLL as T
+    assert T.mll_pixelwise_weight(11, 20) == 0 and T.mll_pixelwise_weight(12, 20) == 1  # epoch 12 of 20
+    assert restart_epoch(T.lr_restart_fraction, 20) == 12 and T.mll_selection_stride == 4
+    assert [T.mll_boundary_weight(e, 20) for e in range(0, 6)] == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    schedule = coarse_to_fine_schedule(T.separate_fraction, T.joint_reference_fraction)
+    assert schedule.step_for_epoch(7, 20).name == "I" and schedule.step_for_epoch(8, 20).name == "J"  # J at epoch 8
+    trainer = make_trainer(T, phantom_2d_plans.plans, phantom_2d_plans.dataset_json)
+    loss = trainer.build_loss_module(nn.Identity())
+    assert set(loss.fine_terms) == {"boundary", "pixelwise"} and loss.fine_terms["pixelwise"].selection_stride == 4

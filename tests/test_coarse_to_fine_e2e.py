@@ -28,11 +28,17 @@ C2F_ID = PHANTOM_ID
 TRAINER = "nnUNetTrainerCoarseToFineTiny"
 RESUME_TRAINER = "nnUNetTrainerC2FMLNResumeTest"
 RESUME_TRAINER_CODE = KILL_DURING_EPOCH + '''
-from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCoarseToFineMLNTiny
+from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCoarseToFineMLLTiny, nnUNetTrainerCoarseToFineMLNTiny
 
 
 class nnUNetTrainerC2FMLNResumeTest(KillDuringEpoch, nnUNetTrainerCoarseToFineMLNTiny):
     """10 epochs (S 1, I 3, J 6) of 2 iterations; $KILL_IN_EPOCH kills the run during that epoch."""
+    tiny_iterations_per_epoch = 2
+    tiny_val_iterations_per_epoch = 1
+
+
+class nnUNetTrainerC2FMLLFastTest(nnUNetTrainerCoarseToFineMLLTiny):
+    """The MLL model, 10 epochs of 2 iterations: β and the learning-rate restart at epoch 6."""
     tiny_iterations_per_epoch = 2
     tiny_val_iterations_per_epoch = 1
 '''
@@ -64,6 +70,18 @@ def mln_resumed_run(c2f_run, nnunet_dirs, tmp_path_factory):
     assert first.returncode == -signal.SIGKILL and not (fold / "checkpoint_final.pth").exists(), first.stdout[-3000:]
     resumed = run_cmd(train + ["--c"], timeout=900, env=env)
     return {"fold": fold, "train_output": resumed}
+
+
+@pytest.fixture(scope="module")
+def mll_run(c2f_run, nnunet_dirs, tmp_path_factory):
+    """Fold 2 of the paper's MLL model (issue 18, item 2), then nnUNetv2_predict of the held-out cases."""
+    env = user_trainers(tmp_path_factory.mktemp("c2f_mll_trainers"), RESUME_TRAINER_CODE, "c2f_mll_test")
+    trainer = "nnUNetTrainerC2FMLLFastTest"
+    run_cmd(["nnUNetv2_train", C2F_ID, "2d", "2", "-tr", trainer, "-device", "cpu"], timeout=900, env=env)
+    pred = tmp_path_factory.mktemp("c2f_mll_pred")
+    run_cmd(["nnUNetv2_predict", "-i", c2f_run["raw"] / "imagesTs", "-o", pred, "-d", C2F_ID, "-c", "2d", "-f", "2",
+             "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1"], env=env)
+    return {"fold": _fold_dir(nnunet_dirs, trainer, 2), "pred": pred, "raw": c2f_run["raw"]}
 
 
 def _log(fold):
@@ -158,3 +176,20 @@ def test_mln_runs_the_iterative_test_in_validation(mln_resumed_run):
     assert sorted(c["case"] for c in it["per_case"]) == val_cases and len(val_cases) == 2
     assert all(c["inputs"] == 24 for c in it["per_case"])
     assert "Mean Validation Dice" in _log(fold)
+
+
+def test_mll_model_trains_eq_11_on_the_fine_stage_with_the_papers_schedule(mll_run):
+    log = _log(mll_run["fold"])
+    assert "learning rate: poly schedule restarted at epoch 6 of 10 (lr_restart_fraction 0.6)" in log
+    rates = [float(v) for v in re.findall(r"Current learning rate: ([0-9.e-]+)", log)]
+    assert len(rates) == 10 and rates[0] == rates[6] == 0.01 and rates[5] < rates[6] and rates[9] < rates[6]
+    assert re.findall(r"Coarse-to-fine step ([SIJ]):", log) == ["S"] + ["I"] * 3 + ["J"] * 6  # J from 40 %
+    terms = re.findall(r"Coarse-to-fine loss terms: E_coarse (\S+), E_fine (\S+), E_boundary (\S+), "
+                       r"E_pixelwise (\S+);", log)
+    assert len(terms) == 10
+    pixel = [float(t[3].rstrip(",")) for t in terms]
+    assert all(np.isnan(pixel[:6])) and np.isfinite(pixel[6:]).all()  # β = 0 before epoch 6: not computed
+    boundary = [float(t[2].rstrip(",")) for t in terms]
+    assert np.isnan(boundary[0]) and np.isfinite(boundary[1:]).all()  # α = 0 in epoch 0, then +0.2 per epoch
+    cases = sorted(p.name for p in (mll_run["raw"] / "labelsTs").glob("*.nii.gz"))
+    assert sorted(p.name for p in mll_run["pred"].glob("*.nii.gz")) == cases

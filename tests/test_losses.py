@@ -273,6 +273,53 @@ def test_uncertain_point_loss_parameter_errors():
         UncertainPointLoss(10, importance_ratio=1.5)
 
 
+
+def test_stride_4_selection_reads_the_uncertainty_of_4x4_blocks():
+    """The paper selects on the stride-4 logits: the uncertainty is that of 4x4 block means. A tied 4x4 block beside
+    a single tied voxel: all points go to the block (the voxel's block mean is nearly confident). With m = 1 and k·N
+    candidates, the N kept points are the most uncertain candidates. At full resolution the single voxel alone is
+    found."""
+    torch.manual_seed(0)
+    logits = torch.zeros(1, 2, 16, 16)
+    logits[:, 0] = 8.0  # confident background ...
+    logits[:, 0, 13, 2] = 0.0  # ... one tied voxel in block (3, 0)
+    full = UncertainPointLoss(num_points=8, oversample_ratio=128, importance_ratio=1.0)
+    pts = full.select_points(logits)[0] * 16  # voxel units
+    assert (((pts[:, 0] - 13.5).abs() < 1) & ((pts[:, 1] - 2.5).abs() < 1)).all(), pts
+    logits[:, 0, 4:8, 8:12] = 0.0  # a tied block (1, 2)
+    strided = UncertainPointLoss(num_points=8, oversample_ratio=128, importance_ratio=1.0, selection_stride=4)
+    assert strided.selection_logits(logits).shape == (1, 2, 4, 4)
+    pts = strided.select_points(logits)[0] * 16
+    assert ((pts[:, 0] >= 4) & (pts[:, 0] < 8) & (pts[:, 1] >= 8) & (pts[:, 1] < 12)).all(), pts
+    # non-divisible sizes keep covering the whole extent
+    assert strided.selection_logits(torch.zeros(1, 2, 10, 9, 7)).shape == (1, 2, 3, 3, 2)
+    with pytest.raises(ValueError, match="selection_stride"):
+        UncertainPointLoss(10, selection_stride=0)
+
+
+def test_restarted_poly_lr_by_hand():
+    from nnunetv2_ext.losses.schedules import restart_epoch, restarted_poly_lr
+    assert [restart_epoch(f, n) for f, n in ((0.6, 20), (0.6, 10), (0.6, 4), (0.5, 2))] == [12, 6, 3, 1]
+    lr = lambda e: restarted_poly_lr(e, 10, 0.01, 6)  # noqa: E731
+    assert lr(0) == 0.01 and lr(3) == pytest.approx(0.01 * 0.5 ** 0.9) and lr(6) == 0.01
+    assert lr(8) == pytest.approx(0.01 * 0.5 ** 0.9) and lr(9) == pytest.approx(0.01 * 0.25 ** 0.9)
+    # no restart inside the run: nnU-Net's poly schedule
+    assert restarted_poly_lr(5, 10, 0.01, 10) == pytest.approx(0.01 * 0.5 ** 0.9) == restarted_poly_lr(5, 10, 0.01, 0)
+
+
+def test_epoch_function_scheduler_sets_the_rate_nnunet_asks_for():
+    import functools
+
+    from nnunetv2_ext.losses.schedules import restarted_poly_lr
+    from nnunetv2_ext.nnunet_adapters.lr import EpochFunctionLRScheduler
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = EpochFunctionLRScheduler(optimizer, functools.partial(restarted_poly_lr, num_epochs=10,
+                                                                      initial_lr=0.01, restart=6), 10)
+    for epoch in (3, 6, 9, 6):  # as nnU-Net calls it: step(current_epoch), also after --c
+        scheduler.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == restarted_poly_lr(epoch, 10, 0.01, 6)
+
+
 # ---------------------------------------------------------------- inter-class shared boundary (Eq. 14-16)
 def discrete_shared_boundary_matrix(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """The paper's definition, voxel by voxel: l_i = #voxels of class i with a 4/6-neighbour of another class,

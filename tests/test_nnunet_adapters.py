@@ -140,3 +140,17 @@ def test_loss_reads_the_auxiliary_outputs_of_the_forward_it_follows():
     out = net(torch.ones(2))
     assert float(fn(out, torch.zeros(2))) == 6.0
     assert torch.equal(seen["auxiliary"]["doubled"], torch.full((2,), 2.0)) and seen["scale"] == 3.0
+
+
+def test_trainer_sets_the_learning_rate_through_the_scheduler_at_each_epoch_start():
+    """lr.py: nnU-Net builds its scheduler in configure_optimizers and calls step(current_epoch) every epoch (so a
+    rate that is a function of the epoch resumes with --c); PolyLRScheduler keeps a step counter ``ctr``."""
+    import inspect
+
+    import torch
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    assert "self.lr_scheduler.step(self.current_epoch)" in inspect.getsource(nnUNetTrainer.on_train_epoch_start)
+    assert "lr_scheduler" in inspect.getsource(nnUNetTrainer.configure_optimizers)
+    scheduler = PolyLRScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01), 0.01, 10)
+    assert hasattr(scheduler, "ctr") and scheduler.optimizer.param_groups[0]["lr"] == 0.01

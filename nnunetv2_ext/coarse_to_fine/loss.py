@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ class CoarseToFineLoss(nn.Module):
     """``ω1 E_R(coarse) + ω2 (φ E_R(fine) + α E_R(region) + β E_B + γ E_P)`` (Eq. 13's outer form; φ, the fusion's
     weight, is 1 without the MLN head).
 
+    Without the MLN head, ``fine_terms`` ({name: (term, schedule)}) adds ``w(epoch) · term(output, target, sdm)`` on
+    the fine output: the MLL model of Eq. 11 is ``ω1 E_R(coarse) + ω2 (E_R(fine) + α L_B(fine) + β E_P(fine))``.
+
     ``E_R`` is nnU-Net's Dice + CE (``region_loss``, called as ``region_loss(logits, target)``); the coarse term acts
     on the coarse logits of the whole input, E_R(fine) on the pasted full-size output. With the MLN head
     (``mln_weights`` given), the branch terms act on each sample's crop (reference and signed distance maps cropped
@@ -60,8 +63,19 @@ class CoarseToFineLoss(nn.Module):
 
     def __init__(self, region_loss: nn.Module, coarse_weight: float = 0.3, fine_weight: float = 2 / 3,
                  mln_weights: Optional[MLNLossWeights] = None, boundary_term: Optional[MLNBoundaryTerm] = None,
-                 ignore_label: Optional[int] = None, branch_region_loss: Optional[nn.Module] = None):
+                 ignore_label: Optional[int] = None, branch_region_loss: Optional[nn.Module] = None,
+                 fine_terms: Optional[Dict[str, Tuple[nn.Module, Schedule]]] = None):
         super().__init__()
+        if mln_weights is not None and fine_terms:
+            raise ValueError("CoarseToFineLoss: the MLN branches and structural terms on the fine output exclude "
+                             "each other (the MLN head supervises its own branches)")
+        for name, (_, schedule) in (fine_terms or {}).items():
+            if name in ("coarse", "fine") or not callable(schedule):
+                raise ValueError(f"CoarseToFineLoss: fine term {name!r} needs another name and a schedule "
+                                 f"w(epoch, num_epochs)")
+            schedule(0, 1)  # validates
+        self.fine_terms = nn.ModuleDict({name: term for name, (term, _) in (fine_terms or {}).items()})
+        self.fine_schedules = {name: schedule for name, (_, schedule) in (fine_terms or {}).items()}
         for name, w in (("coarse_weight (omega_1)", coarse_weight), ("fine_weight (omega_2)", fine_weight)):
             if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
                 raise ValueError(f"CoarseToFineLoss: {name} must be a finite number >= 0, got {w!r}")
@@ -85,6 +99,7 @@ class CoarseToFineLoss(nn.Module):
         weights = {"coarse": self.coarse_weight, "fine": self.fine_weight}
         if self.mln_weights is not None:
             weights.update(self.mln_weights.at(self.epoch, self.num_epochs))
+        weights.update({name: schedule(self.epoch, self.num_epochs) for name, schedule in self.fine_schedules.items()})
         return weights
 
     def forward(self, output: torch.Tensor, auxiliary: CoarseToFineAuxiliary, target: torch.Tensor,
@@ -104,6 +119,13 @@ class CoarseToFineLoss(nn.Module):
                 terms[name] = float("nan") if value is None else float(value.detach())
                 if value is not None:
                     fine_total = fine_total + weights[name] * value
+        for name, term in self.fine_terms.items():  # Eq. 11 on the fine stage (the MLL model)
+            if weights[name] == 0:
+                terms[name] = float("nan")
+                continue
+            value = term(output, target, sdm)
+            terms[name] = float(value.detach())
+            fine_total = fine_total + weights[name] * value
         self.last_terms = terms
         return self.coarse_weight * coarse + self.fine_weight * fine_total
 

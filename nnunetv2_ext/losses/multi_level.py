@@ -8,6 +8,11 @@ from nnunetv2_ext.losses.compound import RegionAndStructuralLoss, Schedule
 from nnunetv2_ext.losses.schedules import StepUpWeight, SwitchWeight
 from nnunetv2_ext.losses.uncertain_points import UncertainPointLoss
 
+PAPER_BETA_SWITCH = 0.6
+"""Liu, Duan, Zeng switch β (E_P) on at epoch 12 of about 20, and restart the learning rate there: 60 % of the run."""
+PAPER_SELECTION_STRIDE = 4
+"""They select E_P's uncertain points on the stride-4 logits."""
+
 
 class MultiLevelStructuralLoss(RegionAndStructuralLoss):
     """L = L_R + α(epoch) · L_B + β(epoch) · E_P (Eq. 11).
@@ -15,7 +20,8 @@ class MultiLevelStructuralLoss(RegionAndStructuralLoss):
     Region level ``L_R``: nnU-Net's Dice + CE (deep supervision as in nnU-Net). Boundary level ``L_B``:
     :class:`BoundaryLoss` (Eq. 7). Pixel level ``E_P``: :class:`UncertainPointLoss` (Eq. 10). Schedules (as fractions
     of the training length, see :mod:`nnunetv2_ext.losses.schedules`): α = 0, +0.2 every 5 % of the epochs, up to
-    1; β = 0 for the first half, then 1.
+    1; β = 0 for the first half, then 1 (this class's defaults; the trainers use the paper's 60 %,
+    :data:`PAPER_BETA_SWITCH`).
 
     Target layout: see :class:`RegionAndStructuralLoss` (needs the signed distance maps).
     """

@@ -79,3 +79,23 @@ class SwitchWeight:
     def __call__(self, epoch: int, num_epochs: int) -> float:
         _check_epoch(epoch, num_epochs)
         return float(self.after if epoch >= self.switch_fraction * num_epochs else self.before)
+
+
+def restart_epoch(switch_fraction: float, num_epochs: int) -> int:
+    """The first epoch at which a :class:`SwitchWeight` with ``switch_fraction`` is switched on: ceil(f · N)."""
+    _check_epoch(0, num_epochs)
+    if not 0 <= switch_fraction <= 1:
+        raise ValueError(f"switch fraction must be in [0, 1], got {switch_fraction}")
+    return min(e for e in range(num_epochs + 1) if e >= switch_fraction * num_epochs)
+
+
+def restarted_poly_lr(epoch: int, num_epochs: int, initial_lr: float, restart: int, exponent: float = 0.9) -> float:
+    """nnU-Net's poly learning rate, restarted at epoch ``restart`` (Liu, Duan, Zeng restart the learning rate when
+    β switches on): lr0 · (1 - e / R)^p over [0, R), then lr0 · (1 - (e - R) / (N - R))^p over [R, N). With R = 0 or
+    R >= N it is nnU-Net's schedule, lr0 · (1 - e / N)^p."""
+    _check_epoch(epoch, num_epochs)
+    if restart <= 0 or restart >= num_epochs:
+        return initial_lr * (1 - epoch / num_epochs) ** exponent
+    if epoch < restart:
+        return initial_lr * (1 - epoch / restart) ** exponent
+    return initial_lr * (1 - (epoch - restart) / (num_epochs - restart)) ** exponent

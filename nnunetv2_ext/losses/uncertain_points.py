@@ -25,7 +25,9 @@ def point_sample(values: torch.Tensor, points: torch.Tensor, mode: str = "biline
     dims = values.ndim - 2
     grid = points.flip(-1) * 2 - 1  # grid_sample wants (x, y[, z]) = the LAST array axis first, in [-1, 1]
     grid = grid.view(points.shape[0], *([1] * (dims - 1)), points.shape[1], dims).to(values.dtype)
-    sampled = F.grid_sample(values, grid, mode=mode, align_corners=False)
+    # border padding: a point in the outer half voxel takes the edge voxel's value (zero padding would blend it with
+    # 0 there, and uncertain-point selection would see a band of false ties along the patch border)
+    sampled = F.grid_sample(values, grid, mode=mode, padding_mode="border", align_corners=False)
     return sampled.reshape(values.shape[0], values.shape[1], points.shape[1])
 
 
@@ -49,14 +51,19 @@ class UncertainPointLoss(nn.Module):
         oversample_ratio: k >= 1 (paper: 3).
         importance_ratio: m in [0, 1] (paper: 0.75).
         ignore_label: reference label to skip.
+        selection_stride: the uncertainty that picks the m·N points is read from the logits averaged over blocks of
+            this many voxels per spatial axis (Liu, Duan, Zeng select on the stride-4 logits: 4); the CE is still
+            taken from the full-resolution logits at the chosen points. 1 (default) selects on the full resolution.
 
     Shapes (forward): logits (B, C, *spatial) (C >= 2), target (B, 1, *spatial) label map; ``sdm`` is accepted and
     unused (uniform interface of the structural terms). Returns a scalar.
     """
 
     def __init__(self, num_points: int = 2048, oversample_ratio: float = 3.0, importance_ratio: float = 0.75,
-                 ignore_label: Optional[int] = None):
+                 ignore_label: Optional[int] = None, selection_stride: int = 1):
         super().__init__()
+        if not (isinstance(selection_stride, int) and selection_stride >= 1):
+            raise ValueError(f"UncertainPointLoss: selection_stride must be an int >= 1, got {selection_stride!r}")
         if int(num_points) < 1:
             raise ValueError(f"UncertainPointLoss: num_points must be >= 1, got {num_points}")
         if not oversample_ratio >= 1:
@@ -67,6 +74,16 @@ class UncertainPointLoss(nn.Module):
         self.oversample_ratio = float(oversample_ratio)
         self.importance_ratio = float(importance_ratio)
         self.ignore_label = ignore_label
+        self.selection_stride = selection_stride
+
+    def selection_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the uncertainty is read from: block means over ``selection_stride`` voxels per axis (adaptive
+        pooling to ceil(size / stride), so that coordinates in [0, 1] keep covering the same extent)."""
+        if self.selection_stride == 1:
+            return logits
+        size = [max(1, -(-n // self.selection_stride)) for n in logits.shape[2:]]
+        pool = F.adaptive_avg_pool2d if logits.ndim == 4 else F.adaptive_avg_pool3d
+        return pool(logits, size)
 
     @torch.no_grad()
     def select_points(self, logits: torch.Tensor) -> torch.Tensor:
@@ -75,7 +92,7 @@ class UncertainPointLoss(nn.Module):
         num_uncertain = int(round(self.importance_ratio * self.num_points))
         num_candidates = max(num_uncertain, int(round(self.oversample_ratio * self.num_points)))
         candidates = torch.rand(b, num_candidates, dims, device=device)
-        uncertainty = uncertainty_from_logits(point_sample(upcast(logits.detach()), candidates))
+        uncertainty = uncertainty_from_logits(point_sample(upcast(self.selection_logits(logits.detach())), candidates))
         keep = uncertainty.topk(num_uncertain, dim=1).indices
         uncertain_points = torch.gather(candidates, 1, keep[..., None].expand(-1, -1, dims))
         random_points = torch.rand(b, self.num_points - num_uncertain, dims, device=device)

@@ -18,27 +18,23 @@ from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 KEY = "slice_position"
 
 
-class HoldSlicePosition(BasicTransform):
+class _PositionChannelTransform(BasicTransform):
     def __init__(self, channel: int):
         super().__init__()
         self.channel = channel
 
+
+class HoldSlicePosition(_PositionChannelTransform):
     def apply(self, data_dict, **params):
-        image = data_dict["image"]
-        c = self.channel
+        image, c = data_dict["image"], self.channel
         data_dict[KEY] = image[c].max().item()
         data_dict["image"] = torch.cat([image[:c], image[c + 1:]], dim=0)
         return data_dict
 
 
-class RestoreSlicePosition(BasicTransform):
-    def __init__(self, channel: int):
-        super().__init__()
-        self.channel = channel
-
+class RestoreSlicePosition(_PositionChannelTransform):
     def apply(self, data_dict, **params):
-        image = data_dict["image"]
-        c = self.channel
+        image, c = data_dict["image"], self.channel
         constant = torch.full_like(image[:1], data_dict.pop(KEY))
         data_dict["image"] = torch.cat([image[:c], constant, image[c:]], dim=0)
         return data_dict

@@ -5,6 +5,7 @@ transformation, fine stage on the organ box, iterative test at prediction - ONE 
 
     nnUNetv2_train ID 2d FOLD -tr nnUNetTrainerCoarseToFine        # plain U-Net fine stage
     nnUNetv2_train ID 2d FOLD -tr nnUNetTrainerCoarseToFineMLN     # fine stage with the MLN head
+    nnUNetv2_train ID 2d FOLD -tr nnUNetTrainerCoarseToFineMLL     # the paper's MLL model (Eq. 11 on the fine stage)
     nnUNetv2_predict -i IN -o OUT -d ID -c 2d -f FOLD -tr nnUNetTrainerCoarseToFine
 
 Binary (one foreground label), 2d only; see ``trainers_docs/nnUNetTrainerCoarseToFine.md``. Everything here is glue:
@@ -32,19 +33,25 @@ from nnunetv2_ext.coarse_to_fine.mln import MLNBoundaryTerm, MLNFineNet
 from nnunetv2_ext.coarse_to_fine.network import (PAPER_CROP_MARGIN, RSTN_JOINT_REFERENCE_FRACTION,
                                                  RSTN_SEPARATE_FRACTION, CoarseToFineNet, coarse_to_fine_schedule,
                                                  reference_organ)
+from nnunetv2_ext.losses import BoundaryLoss, StepUpWeight, SwitchWeight, UncertainPointLoss
+from nnunetv2_ext.losses.compound import Schedule
+from nnunetv2_ext.losses.multi_level import PAPER_BETA_SWITCH, PAPER_SELECTION_STRIDE
 from nnunetv2_ext.nnunet_adapters.auxiliary import LossWithAuxiliary
 from nnunetv2_ext.nnunet_adapters.network import unwrap_network
 from nnunetv2_ext.nnunet_adapters.predictor import (declare_case, install_case_level_prediction,
                                                     validation_dataset_declaring_cases)
+from nnunetv2_ext.trainers.lr_restart import LRRestartMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 from nnunetv2_ext.two_stage.boxes import margin_in_mm, normalise_margin
 from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import STEP_J, TrainingStep
 
-__all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN"]
+__all__ = ["nnUNetTrainerCoarseToFine", "nnUNetTrainerCoarseToFineMLN", "nnUNetTrainerCoarseToFineMLL"]
 
 install_case_level_prediction()  # nnUNetv2_predict hands the network whole cases (nnunet_adapters.predictor)
 ITERATION_LOG_NAME = "coarse_to_fine_iterations.json"
+PAPER_MLL_J_START = 0.4
+"""Liu, Duan, Zeng start step J (training on predicted boxes) at epoch 8 of about 20."""
 
 
 class nnUNetTrainerCoarseToFine(nnUNetTrainer):
@@ -278,7 +285,22 @@ class nnUNetTrainerCoarseToFine(nnUNetTrainer):
         self.print_to_log_file(f"Iterative test log: {path}")
 
 
-class nnUNetTrainerCoarseToFineMLN(nnUNetTrainerCoarseToFine):
+class _SignedDistanceMapsInWorkers:
+    """The boundary terms need the signed distance maps of the augmented target, computed in the augmentation
+    workers and appended to the target list (the trainer takes them off again in ``_split_target``)."""
+
+    def get_training_transforms(self, *args, **kwargs):
+        return ComposeTransforms([super().get_training_transforms(*args, **kwargs), self._sdm_transform()])
+
+    def get_validation_transforms(self, *args, **kwargs):
+        return ComposeTransforms([super().get_validation_transforms(*args, **kwargs), self._sdm_transform()])
+
+    def _sdm_transform(self) -> SignedDistanceMapTransform:
+        return SignedDistanceMapTransform(self.label_manager.foreground_labels, self.configuration_manager.spacing,
+                                          self.label_manager.ignore_label)
+
+
+class nnUNetTrainerCoarseToFineMLN(_SignedDistanceMapsInWorkers, nnUNetTrainerCoarseToFine):
     """Coarse-to-fine with the multi-level structural network as the fine stage's head (Eq. 12-13). Parameters
     besides those of :class:`nnUNetTrainerCoarseToFine`:
 
@@ -320,16 +342,38 @@ class nnUNetTrainerCoarseToFineMLN(nnUNetTrainerCoarseToFine):
         return CoarseToFineLoss(region_loss, self.coarse_weight, self.fine_weight, self.mln_weights,
                                 MLNBoundaryTerm(scale, ignore_label=ignore), ignore, branch_region)
 
-    # the boundary branch needs the signed distance maps of the augmented target, computed in the workers
-    def get_training_transforms(self, *args, **kwargs):
-        return ComposeTransforms([super().get_training_transforms(*args, **kwargs), self._sdm_transform()])
 
-    def get_validation_transforms(self, *args, **kwargs):
-        return ComposeTransforms([super().get_validation_transforms(*args, **kwargs), self._sdm_transform()])
 
-    def _sdm_transform(self) -> SignedDistanceMapTransform:
-        return SignedDistanceMapTransform(self.label_manager.foreground_labels, self.configuration_manager.spacing,
-                                          self.label_manager.ignore_label)
+
+class nnUNetTrainerCoarseToFineMLL(LRRestartMixin, _SignedDistanceMapsInWorkers, nnUNetTrainerCoarseToFine):
+    """The paper's MLL model (Liu, Duan, Zeng 2021): coarse-to-fine with the multi-level structural loss of Eq. 11
+    on the fine stage, ``ω1 E_R(coarse) + ω2 (E_R(fine) + α L_B(fine) + β E_P(fine))``, with the paper's settings:
+
+    - ``mll_boundary_weight`` α: 0, +0.2 every 5 % of the run, up to 1 (:class:`StepUpWeight`);
+    - ``mll_pixelwise_weight`` β: 0, then 1 from 60 % of the run; ``lr_restart_fraction`` 0.6: the learning rate
+      restarts there (:class:`~nnunetv2_ext.trainers.lr_restart.LRRestartMixin`);
+    - E_P's points (N = ``mll_num_points``, k = 3, m = 0.75) selected on the stride-4 logits
+      (``mll_selection_stride``);
+    - step J (training on predicted boxes) from 40 % of the run: S 1/8, I until 40 % (epoch 8 of about 20).
+
+    Everything else as :class:`nnUNetTrainerCoarseToFine`. See ``trainers_docs/nnUNetTrainerMLL.md``.
+    """
+    mll_boundary_weight: Schedule = StepUpWeight()
+    mll_pixelwise_weight: Schedule = SwitchWeight(PAPER_BETA_SWITCH)
+    lr_restart_fraction = PAPER_BETA_SWITCH
+    mll_num_points = 2048
+    mll_oversample_ratio = 3.0
+    mll_importance_ratio = 0.75
+    mll_selection_stride = PAPER_SELECTION_STRIDE
+    joint_reference_fraction = PAPER_MLL_J_START - RSTN_SEPARATE_FRACTION
+
+    def build_loss_module(self, region_loss: nn.Module) -> CoarseToFineLoss:
+        ignore = self.label_manager.ignore_label
+        points = UncertainPointLoss(self.mll_num_points, self.mll_oversample_ratio, self.mll_importance_ratio, ignore,
+                                    self.mll_selection_stride)
+        return CoarseToFineLoss(region_loss, self.coarse_weight, self.fine_weight, ignore_label=ignore,
+                                fine_terms={"boundary": (BoundaryLoss(ignore), self.mll_boundary_weight),
+                                            "pixelwise": (points, self.mll_pixelwise_weight)})
 
 
 # the small CPU variants moved to nnunetv2_ext.trainers.small_variants (issue 21); old imports keep working

@@ -37,6 +37,8 @@ from nnunetv2_ext.losses import (BoundaryLoss, ConstantWeight, HausdorffDTLoss, 
                                  MultiLevelStructuralLoss, RegionAndStructuralLoss, StepUpWeight, SwitchWeight,
                                  UncertainPointLoss)
 from nnunetv2_ext.losses.compound import Schedule
+from nnunetv2_ext.losses.multi_level import PAPER_BETA_SWITCH, PAPER_SELECTION_STRIDE
+from nnunetv2_ext.trainers.lr_restart import LRRestartMixin
 from nnunetv2_ext.trainers.sampling_mixin import PNSSHESSMixin
 from nnunetv2_ext.transforms import SignedDistanceMapTransform
 
@@ -131,20 +133,25 @@ class nnUNetTrainerHausdorff(StructuralLossTrainerBase):
         return RegionAndStructuralLoss(region_loss, {"hausdorff": (term, self.hausdorff_weight)}, uses_sdm=True)
 
 
-class nnUNetTrainerMLL(StructuralLossTrainerBase):
-    """Multi-level structural loss (Eq. 11 of Liu, Duan, Zeng 2021): Dice + CE + α · boundary + β · E_P."""
+class nnUNetTrainerMLL(LRRestartMixin, StructuralLossTrainerBase):
+    """Multi-level structural loss (Eq. 11 of Liu, Duan, Zeng 2021): Dice + CE + α · boundary + β · E_P, with the
+    paper's options: β from 60 % of training, the learning rate restarted there, E_P's points selected on the
+    stride-4 logits (``trainers_docs/nnUNetTrainerMLL.md``)."""
     uses_sdm = True
     boundary_weight: Schedule = StepUpWeight()
-    pixelwise_weight: Schedule = SwitchWeight()
+    pixelwise_weight: Schedule = SwitchWeight(PAPER_BETA_SWITCH)
+    lr_restart_fraction = PAPER_BETA_SWITCH
     num_points: int = 2048
     oversample_ratio: float = 3.0
     importance_ratio: float = 0.75
+    selection_stride: int = PAPER_SELECTION_STRIDE
 
     def build_structural_loss(self, region_loss):
         ignore = self.label_manager.ignore_label
         return MultiLevelStructuralLoss(
             region_loss, BoundaryLoss(ignore),
-            UncertainPointLoss(self.num_points, self.oversample_ratio, self.importance_ratio, ignore),
+            UncertainPointLoss(self.num_points, self.oversample_ratio, self.importance_ratio, ignore,
+                               self.selection_stride),
             alpha=self.boundary_weight, beta=self.pixelwise_weight)
 
 

@@ -14,7 +14,8 @@ from nnunetv2_ext.nnunet_adapters.seeding import SeededRunMixin
 from nnunetv2_ext.sampling.hard_pretrain import HardPretrainParameters
 from nnunetv2_ext.losses.schedules import StepUpWeight, SwitchWeight
 from nnunetv2_ext.trainers.cascade_trainers import nnUNetTrainerCascadeTumor
-from nnunetv2_ext.trainers.coarse_to_fine import nnUNetTrainerCoarseToFine, nnUNetTrainerCoarseToFineMLN
+from nnunetv2_ext.trainers.coarse_to_fine import (nnUNetTrainerCoarseToFine, nnUNetTrainerCoarseToFineMLL,
+                                                   nnUNetTrainerCoarseToFineMLN)
 from nnunetv2_ext.trainers.cps import nnUNetTrainerCPS
 from nnunetv2_ext.trainers.hard_pretrain import nnUNetTrainerHardPretrain, nnUNetTrainerHardPretrainBaselineMin
 from nnunetv2_ext.trainers.loss_trainers import (nnUNetTrainerBoundary, nnUNetTrainerHausdorff, nnUNetTrainerMLL,
@@ -25,7 +26,7 @@ from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNet
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerSlicePositionTiny']
+__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerSlicePositionTiny']
 
 
 # ---- plain nnU-Net -----------------------------------------------------------------------------------
@@ -255,6 +256,12 @@ class nnUNetTrainerCoarseToFineMLNTiny(_TinyCoarseToFine, TinyTrainingMixin, nnU
     mln_layers = 1
 
 
+class nnUNetTrainerCoarseToFineMLLTiny(_TinyCoarseToFine, TinyTrainingMixin, nnUNetTrainerCoarseToFineMLL):
+    """The MLL model at the tiny scale: β and the learning-rate restart at epoch 6 of 10 (the paper's 60 %), step J
+    from epoch 4 (40 %, as the paper)."""
+    mll_num_points = 64
+
+
 # ---- cps ----------------------------------------------------------------------------------------
 class nnUNetTrainerCPSTiny(TinyTrainingMixin, nnUNetTrainerCPS):
     """CPS shrunk for CPU tests: TinyTrainingMixin's schedule and widths, a light residual encoder."""
@@ -264,8 +271,8 @@ class nnUNetTrainerCPSTiny(TinyTrainingMixin, nnUNetTrainerCPS):
 
 class nnUNetTrainerCPSTinySeeded(SeededRunMixin, nnUNetTrainerCPSTiny):
     """CPSTiny seeded and trained long enough (6 x 25 iterations, 2/3 organ patches) that both networks find the
-    organ: the self-training test needs predictions on the unlabelled cases to score (with 4 x 10 iterations a CPS
-    pair often predicted nothing, every consensus score was undefined and no pseudo-label could be accepted)."""
+    organ: the self-training test needs predictions on the unlabelled cases to score (with 4 x 10 iterations the CPS
+    pairs of a local run predicted nothing, every consensus score was undefined and no pseudo-label was accepted)."""
     seed = 7
     tiny_num_epochs = 6
     tiny_iterations_per_epoch = 25
