@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -50,14 +51,16 @@ def channel_files(folder: Path, identifier: str, num_channels: int, file_ending:
     return tuple(str(folder / f"{identifier}_{i:04d}{file_ending}") for i in range(num_channels))
 
 
-def list_cases(folder: Path, num_channels: int, file_ending: str) -> Tuple[Dict[str, Tuple[str, ...]], List[CaseProblem]]:
-    """{identifier: channel files} of an nnU-Net images folder, and the cases missing a channel."""
+def list_cases(folder: Path, num_channels: int,
+               file_ending: str) -> Tuple[Dict[str, Tuple[str, ...]], List[CaseProblem]]:
+    """{identifier: channel files} of an nnU-Net images folder (``CASE_XXXX<file_ending>``), and the cases missing a
+    channel or having one too many."""
+    pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending) + "$")
     found: Dict[str, set] = {}
     for p in folder.iterdir() if folder.is_dir() else ():
-        name = p.name
-        if name.endswith(file_ending) and len(name) > len(file_ending) + 5 and name[-len(file_ending) - 5] == "_" \
-                and name[-len(file_ending) - 4:-len(file_ending)].isdigit():
-            found.setdefault(name[:-len(file_ending) - 5], set()).add(int(name[-len(file_ending) - 4:-len(file_ending)]))
+        match = pattern.match(p.name)
+        if match:
+            found.setdefault(match["case"], set()).add(int(match["channel"]))
     cases, problems = {}, []
     for identifier, channels in sorted(found.items()):
         missing = sorted(set(range(num_channels)) - channels)

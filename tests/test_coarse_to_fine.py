@@ -478,8 +478,9 @@ class _Constant(nn.Module):
 
 
 def test_fine_terms_add_eq_11_on_the_fine_output_by_hand():
-    """ω1 E_R(coarse) + ω2 (E_R(fine) + α L_B + β E_P) with constants for every term: 0.3·1 + 0.5·(2 + 0.5·3 + 0·4)
-    before β switches on, + 0.5·1·4 after; a term whose weight is 0 is not computed (nan in the log)."""
+    """ω1 E_R(coarse) + ω2 (E_R(fine) + α L_B + β E_P) with constants for every term:
+    0.3·1 + 0.5·(2 + 0.5·3 + 0·4) before β switches on, + 0.5·1·4 after; a term whose weight is 0 is not
+    computed (nan in the log)."""
     from types import SimpleNamespace
 
     from nnunetv2_ext.losses.schedules import ConstantWeight, SwitchWeight

@@ -139,7 +139,8 @@ def test_dataset_command_writes_the_channel_and_keeps_everything_else(private_nn
     assert dataset_json["channel_names"] == {"0": "CT", "1": "noNorm"} and dataset_json[CHANNEL_KEY] == 1
     assert dataset_json["labels"] == {"background": 0, "organ": 1} and dataset_json["numTraining"] == 2
     for sub, ident in (("imagesTr", "a"), ("imagesTs", "t")):
-        assert (target / sub / f"{ident}_0000.nii.gz").read_bytes() == (source / sub / f"{ident}_0000.nii.gz").read_bytes()
+        name = f"{ident}_0000.nii.gz"
+        assert (target / sub / name).read_bytes() == (source / sub / name).read_bytes()
         channel = sitk.GetArrayFromImage(sitk.ReadImage(str(target / sub / f"{ident}_0001.nii.gz")))
         np.testing.assert_array_equal(channel[:, 0, 0], np.float32([0.875, 0.625, 0.375, 0.125]))
     assert (target / "labelsTr" / "b.nii.gz").read_bytes() == (source / "labelsTr" / "b.nii.gz").read_bytes()

@@ -9,8 +9,8 @@ module ``__getattr__``), and every run gets its own result folder (``<name>__nnU
 overwrite each other. No trainer code is written into files or strings; a user's trainer (found through their own
 ``nnUNet_extTrainer`` folder) is wrapped exactly like ours. ``0`` for batch or width keeps the plans' value.
 
-What the seed controls (:class:`~nnunetv2_ext.nnunet_adapters.seeding.SeededRunMixin`): Python's, NumPy's and torch's generators in the main process before the
-network is built (weight initialisation; + 1000 x DDP rank), and the augmentation workers: their seeds are fixed and
+What the seed controls (:class:`~nnunetv2_ext.nnunet_adapters.seeding.SeededRunMixin`): Python's, NumPy's and
+torch's generators in the main process before the network is built (weight initialisation; + 1000 x DDP rank), and the augmentation workers: their seeds are fixed and
 their batches consumed in a fixed order (:func:`nnunetv2_ext.nnunet_adapters.augmenters.seeded_augmenter`), so a run
 with workers on is repeatable. Trainers that build their loaders with our ``build_dataloaders`` read the same
 ``seed`` attribute.

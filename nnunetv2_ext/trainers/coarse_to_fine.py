@@ -343,8 +343,6 @@ class nnUNetTrainerCoarseToFineMLN(_SignedDistanceMapsInWorkers, nnUNetTrainerCo
                                 MLNBoundaryTerm(scale, ignore_label=ignore), ignore, branch_region)
 
 
-
-
 class nnUNetTrainerCoarseToFineMLL(LRRestartMixin, _SignedDistanceMapsInWorkers, nnUNetTrainerCoarseToFine):
     """The paper's MLL model (Liu, Duan, Zeng 2021): coarse-to-fine with the multi-level structural loss of Eq. 11
     on the fine stage, ``ω1 E_R(coarse) + ω2 (E_R(fine) + α L_B(fine) + β E_P(fine))``, with the paper's settings:
