@@ -327,3 +327,77 @@ def test_cascade_loss_terms_and_backward():
     total.backward()
     assert net.stage2.localisation.map.weight.grad.abs().sum() > 0
     assert net.stage2.focus[-1].map.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ issue 18, item 4: multi-scale stage 1 and transfer T
+def test_step_p_comes_first_and_t_falls_on_the_start_of_s():
+    from nnunetv2_ext.two_stage.steps import STEP_P, cascade_schedule
+    schedule = cascade_schedule(0.1, 0.4, stage1_pretrain_fraction=0.2)
+    assert [schedule.step_for_epoch(e, 10).name for e in range(10)] == list("PPSIIIIJJJ")
+    assert schedule.first_epoch_of("S", 10) == 2
+    assert not STEP_P.stage2_trained and not STEP_P.prior_enabled
+    assert [s.name for s in cascade_schedule(0.1, 0.4).steps] == ["S", "I", "J"]  # no P without pre-training
+    for bad in (-0.1, 1.0, "0.2"):
+        with pytest.raises(ValueError, match="stage1_pretrain_fraction"):
+            cascade_schedule(0.1, 0.4, stage1_pretrain_fraction=bad)
+    with pytest.raises(ValueError, match="sum to <= 1"):
+        cascade_schedule(0.5, 0.4, stage1_pretrain_fraction=0.2)
+
+
+@pytest.mark.parametrize("multi_scale", [False, True])
+def test_transfer_copies_stage1_encoder_into_the_shallower_stage2_encoder(multi_scale):
+    from nnunetv2_ext.cascade.blocks import MultiScaleUNet, transfer_encoder_weights
+    torch.manual_seed(0)
+    stage1 = _unet(2, n=4)
+    stage2_encoder = truncate_encoder(_unet(2, n=4).encoder, 3)
+    if multi_scale:
+        stage1 = MultiScaleUNet(DualBranchEncoder(stage1.encoder, 1), 2, [1, 1, 1])
+        stage2_encoder = DualBranchEncoder(stage2_encoder, 1)
+        assert stage1(torch.randn(2, 1, 24, 24)).shape == (2, 2, 24, 24)
+    source = stage1.encoder.state_dict()
+    before = {k: v.clone() for k, v in stage2_encoder.state_dict().items()}
+    assert any(not torch.equal(v, source[k]) for k, v in before.items() if v.dtype.is_floating_point)
+    n = transfer_encoder_weights(stage1.encoder, stage2_encoder)
+    after = stage2_encoder.state_dict()
+    assert n == len(after) and all(torch.equal(v, source[k]) for k, v in after.items())
+    # stage 1's deepest stage has no place in the 3-stage encoder and was not needed
+    assert any(k.startswith(("stages.3", "branch_a.stages.3")) for k in source)
+
+
+def test_transfer_between_different_encoders_is_refused_before_copying():
+    from nnunetv2_ext.cascade.blocks import transfer_encoder_weights
+    plans_encoder = _unet(2).encoder
+    dual = DualBranchEncoder(_unet(2).encoder, 1)
+    before = {k: v.clone() for k, v in dual.state_dict().items()}
+    with pytest.raises(ValueError, match="'branch_a.stages.0.*no counterpart"):
+        transfer_encoder_weights(plans_encoder, dual)
+    assert all(torch.equal(v, before[k]) for k, v in dual.state_dict().items())
+    wider = _unet(2).encoder
+    narrow = PlainConvUNet(1, 4, [4, 16, 16, 16], nn.Conv2d, 3, [1, 2, 2, 2], [1] * 4, 2, [1] * 3, conv_bias=True,
+                           norm_op=nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                           nonlin=nn.LeakyReLU).encoder
+    with pytest.raises(ValueError, match="has shape"):
+        transfer_encoder_weights(wider, narrow)
+
+
+def test_step_p_trains_stage1_alone():
+    """Stage 2 off (step P): no crop, an empty tumour channel, the loss is L_seg1 exactly and no stage-2 or prior
+    parameter gets a gradient."""
+    net = _cascade(2)
+    net.record_auxiliary = True
+    net.set_prior(False, False)
+    net.set_stage2_enabled(False)
+    x, target = _phantom_batch(2)
+    net.set_reference_organ(target[:, 0] > 0)
+    logits = net(x)
+    assert net.auxiliary.cropped == [] and not net.auxiliary.stage2_enabled
+    assert float(torch.softmax(logits.detach(), 1)[:, 2].max()) < 1e-6
+    seg1 = stage1_loss("dice_ce", False)
+    loss = CascadeTumorLoss(seg1, shared_boundary_loss=PaperNormalisedSharedBoundaryLoss())
+    value = loss(logits, net.auxiliary, target)
+    expected = seg1(net.auxiliary.organ_logits, (target > 0).float()).detach()
+    assert float(value.detach()) == pytest.approx(float(expected))
+    assert math.isnan(loss.last_terms["seg2"]) and math.isnan(loss.last_terms["isb"])
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.stage1.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.stage2.parameters())

@@ -46,6 +46,35 @@ TRAINERS_3D = KILL_DURING_EPOCH + textwrap.dedent('''
         joint_reference_fraction = 0.25
 ''')
 
+# the paper's cascade (multi-scale stage 1, dual-branch stage 2, transfer T): 5 epochs x 5 iterations = P, S, I, J, J;
+# it checks, right after T, that stage 2's encoder holds stage 1's weights and has no momentum left
+TRAINERS_PAPER = textwrap.dedent('''
+    import torch
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCascadeTumorPaperTiny
+
+
+    class nnUNetTrainerCascadeTumorPaperTiny2dTest(nnUNetTrainerCascadeTumorPaperTiny):
+        tiny_num_epochs = 5
+        tiny_iterations_per_epoch = 5
+        tiny_val_iterations_per_epoch = 1
+        stage1_pretrain_fraction = 0.2
+        separate_fraction = 0.2
+        joint_reference_fraction = 0.2
+
+        def transfer_stage1_encoder(self):
+            net = self.cascade_network
+            before = [p.detach().clone() for p in net.stage2.encoder.parameters()]
+            copied = super().transfer_stage1_encoder()
+            source = net.stage1.encoder.state_dict()
+            diff = max(float((v.float() - source[k].float()).abs().max())
+                       for k, v in net.stage2.encoder.state_dict().items())
+            changed = sum(not torch.equal(a, b) for a, b in zip(before, net.stage2.encoder.parameters()))
+            momentum = sum(p in self.optimizer.state for p in net.stage2.encoder.parameters())
+            self.print_to_log_file(f"TEST transfer: max difference {diff}, {changed} parameters changed, "
+                                   f"{momentum} with momentum")
+            return copied
+''')
+
 
 def _dice(a, b):
     return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
@@ -223,3 +252,61 @@ def test_bad_parameters_and_datasets_fail_before_training(run_2d):
         make(T, dict(dataset_json, labels={"background": 0, "organ": 1}))
     with pytest.raises(ValueError, match="region"):
         make(T, dict(dataset_json, labels={"background": 0, "whole": [1, 2], "tumour": 2}, regions_class_order=[1, 2]))
+
+
+# ------------------------------------------------------------------ issue 18, item 4: the paper's cascade, transfer T
+def test_paper_cascade_trains_stage1_alone_then_transfers_its_encoder(phantom, nnunet_dirs, tmp_path):
+    """nnUNetv2_train with the multi-scale stage 1, the dual-branch stage 2 and T: step P trains stage 1 alone
+    (no stage-2 loss), at the start of S stage 2's encoder is exactly stage 1's (every parameter changed, no momentum
+    left), S / I / J follow, and the end-of-training validation predicts whole cases with both stages."""
+    (tmp_path / "paper_test_trainers.py").write_text(TRAINERS_PAPER, encoding="utf-8")
+    from nnunetv2_ext._register_trainers import TRAINER_SEARCH_FOLDER
+    env = {"nnUNet_extTrainer": os.pathsep.join([str(tmp_path), TRAINER_SEARCH_FOLDER])}
+    trainer = "nnUNetTrainerCascadeTumorPaperTiny2dTest"
+    run_cmd(["nnUNetv2_train", CASCADE_ID, "2d", "0", "-tr", trainer, "-device", "cpu"], timeout=1800, env=env)
+    fold = next(nnunet_dirs["nnUNet_results"].glob(f"Dataset{CASCADE_ID}_*/{trainer}__nnUNetPlans__2d/fold_0"))
+    log = _training_log(fold)
+    assert re.findall(r"Cascade step ([PSIJ]):", log) == ["P", "S", "I", "J", "J"]
+    assert "stage 1: multi_scale U-Net, loss dice_ce; transfer T at the start of S (epoch 1)" in log
+    terms = re.findall(r"Cascade loss terms: L_seg1 (\S+), L_seg2 (\S+), L_isb (\S+);", log)
+    assert [t[1] for t in terms][:1] == ["nan"] and all(t[1] != "nan" for t in terms[1:]), terms
+    transfer = re.findall(r"Cascade transfer T: stage 1's multi_scale encoder initialises stage 2's dual_branch "
+                          r"encoder \((\d+) tensors copied", log)
+    check = re.findall(r"TEST transfer: max difference (\S+), (\d+) parameters changed, (\d+) with momentum", log)
+    assert len(transfer) == 1 and int(transfer[0]) > 0 and len(check) == 1, (transfer, check)
+    assert float(check[0][0]) == 0 and int(check[0][1]) > 0 and int(check[0][2]) == 0, check
+    records = [json.loads(line) for line in (fold / "validation" / "cascade_prediction_log.jsonl").open()]
+    assert records and all("tumour_stage_ran" in r for r in records)
+
+
+def test_transfer_parameters_fail_before_training(phantom, nnunet_dirs):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerCascadeTumorPaperTiny as P
+    preprocessed = next(nnunet_dirs["nnUNet_preprocessed"].glob(f"Dataset{CASCADE_ID}_*"))
+    plans, dataset_json = load_json(preprocessed / "nnUNetPlans.json"), load_json(preprocessed / "dataset.json")
+
+    def make(cls):
+        return cls(dict(plans, continue_training=False), "2d", 1, dataset_json, torch.device("cpu"))
+
+    class Mismatch(P):
+        stage1_encoder = "plans"  # stage 2 keeps the dual-branch encoder
+    with pytest.raises(ValueError, match="same kind.*stage1_encoder='plans', encoder='dual_branch'"):
+        make(Mismatch)
+
+    class NoPretraining(P):
+        stage1_pretrain_fraction = 0
+    with pytest.raises(ValueError, match="stage1_pretrain_fraction must be in \\(0, 1\\)"):
+        make(NoPretraining)
+
+    class TooLong(P):
+        stage1_pretrain_fraction = 0.6  # + S 0.1 + I 0.4 > 1
+    with pytest.raises(ValueError, match="TooLong: the step fractions must sum to <= 1"):
+        make(TooLong)
+
+    class BadStage1(P):
+        stage1_encoder = "resnet"
+    with pytest.raises(ValueError, match="stage1_encoder must be one of"):
+        make(BadStage1)
+    for cls in (Mismatch, NoPretraining, TooLong, BadStage1):  # nothing written
+        assert not list(nnunet_dirs["nnUNet_results"].glob(f"Dataset{CASCADE_ID}_*/{cls.__name__}__*"))

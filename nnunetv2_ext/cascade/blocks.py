@@ -9,8 +9,11 @@ chose. Tensors are ``(B, C, *spatial)``.
 - :class:`ContextExplorationBlock` and :class:`FocusModule` (Eq. 9): distraction mining on each decoder level.
 - :class:`DualBranchEncoder` (Eq. 1-4): the plans' encoder plus a multi-scale branch (1x1 -> 3x3 and 5x5 -> 3x3
   paths), fused per level; from dynamic-network-architectures blocks.
+- :class:`MultiScaleUNet` (§3.1): stage 1 as the paper's "general multi-scale U-Net" = the dual-branch encoder +
+  dynamic-network-architectures' ``UNetDecoder``.
 - :class:`TumourStageNet`: stage 2 = encoder (the plans' first ``num_stages`` stages, or the dual-branch one) +
   localisation module + one focusing module per decoder level.
+- :func:`transfer_encoder_weights` (the transfer step T): stage 1's encoder weights initialise stage 2's encoder.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
 
 from nnunetv2_ext.two_stage.crop import resize_to
@@ -221,6 +225,9 @@ class DualBranchEncoder(nn.Module):
         self.conv_op, self.norm_op, self.nonlin = encoder.conv_op, encoder.norm_op, encoder.nonlin
         self.norm_op_kwargs = encoder.norm_op_kwargs or {}
         self.nonlin_kwargs = encoder.nonlin_kwargs or {}
+        self.conv_bias = getattr(encoder, "conv_bias", True)
+        self.dropout_op = getattr(encoder, "dropout_op", None)
+        self.dropout_op_kwargs = getattr(encoder, "dropout_op_kwargs", None)
         self.return_skips = True
         ops = {"conv_op": self.conv_op, "conv_bias": getattr(encoder, "conv_bias", True), "norm_op": self.norm_op,
                "norm_op_kwargs": self.norm_op_kwargs, "nonlin": self.nonlin, "nonlin_kwargs": self.nonlin_kwargs}
@@ -240,6 +247,53 @@ class DualBranchEncoder(nn.Module):
             b = block(b)
             out.append(fuse(torch.cat([a, b], dim=1)))
         return out
+
+
+class MultiScaleUNet(nn.Module):
+    """Stage 1 as the paper's "general multi-scale U-Net" (§3.1; the authors' ``stan_part.py``: every down step has
+    a ``1x1 -> 3x3`` and a ``5x5 -> 3x3`` path): a :class:`DualBranchEncoder` on the plans' whole encoder and
+    dynamic-network-architectures' ``UNetDecoder`` on its fused levels (the plans' decoder convolutions per stage),
+    so stage 1 and stage 2's dual-branch encoder are the same blocks and the transfer step T can copy one into the
+    other.
+
+    Args:
+        encoder: :class:`DualBranchEncoder` on the plans' full encoder.
+        num_classes: output channels (2 for the organ stage).
+        n_conv_per_stage_decoder: the plans' ``n_conv_per_stage_decoder``.
+        deep_supervision: as nnU-Net's U-Nets (False in the cascade).
+    forward: (B, C_in, *S) -> (B, num_classes, *S) logits (a list, finest first, with deep supervision).
+    """
+
+    def __init__(self, encoder: DualBranchEncoder, num_classes: int, n_conv_per_stage_decoder,
+                 deep_supervision: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = UNetDecoder(encoder, num_classes, n_conv_per_stage_decoder, deep_supervision)
+
+    def forward(self, x: torch.Tensor):
+        return self.decoder(self.encoder(x))
+
+
+def transfer_encoder_weights(source: nn.Module, target: nn.Module, check_only: bool = False) -> int:
+    """The transfer step T (stage-1 pancreas weights initialise the tumour stage): copies every tensor of
+    ``target``'s state (an encoder: the plans' first stages, or a :class:`DualBranchEncoder`) from the tensor of the
+    same name in ``source`` (stage 1's encoder of the same kind, possibly deeper). Every target entry must exist in
+    ``source`` with the same shape, else ValueError naming the first that does not (nothing is copied then).
+    ``check_only``: only that check. Returns the number of tensors copied (or that would be)."""
+    src, dst = source.state_dict(), target.state_dict()
+    for key, value in dst.items():
+        if key not in src:
+            raise ValueError(f"transfer T: stage 2's encoder entry {key!r} has no counterpart in stage 1's encoder "
+                             f"(the two encoders must be of the same kind: 'plans' with 'plans', 'multi_scale' "
+                             f"stage 1 with 'dual_branch' stage 2)")
+        if tuple(src[key].shape) != tuple(value.shape):
+            raise ValueError(f"transfer T: stage 2's encoder entry {key!r} has shape {tuple(value.shape)}, stage "
+                             f"1's {tuple(src[key].shape)}")
+    if not check_only:
+        with torch.no_grad():
+            for key, value in dst.items():
+                value.copy_(src[key])
+    return len(dst)
 
 
 class TumourStageNet(nn.Module):

@@ -178,7 +178,9 @@ class CascadeTumorLoss(nn.Module):
     forward(logits, auxiliary, target): logits (B, 3, *S) of the cascade network, its recorded ``CascadeAuxiliary``,
     target (B, 1, *S) labels. The tumour target of each crop is cut out of ``target`` with the network's box and
     resampled to stage 2's size exactly as the image was (linear, then > 0.5). L_seg2 is the mean over the samples
-    that had a crop (0 when none had). :attr:`last_terms` holds the three terms of the last call (floats).
+    that had a crop (0 when none had). While stage 2 is off (``auxiliary.stage2_enabled`` False, the stage-1
+    pre-training step P of the transfer step T) the loss is L_seg1 alone. :attr:`last_terms` holds the three terms
+    of the last call (floats; NaN for a term not computed).
     """
 
     def __init__(self, stage1_loss: Callable, alpha: float = 0.9, beta: float = 0.4,
@@ -203,6 +205,9 @@ class CascadeTumorLoss(nn.Module):
             raise RuntimeError("CascadeTumorLoss needs the network's auxiliary outputs; set record_auxiliary=True")
         organ_target = (target > 0).to(target.dtype)
         seg1 = self.stage1_loss(auxiliary.organ_logits, organ_target)
+        if not auxiliary.stage2_enabled:  # stage-1 pre-training (step P): the organ loss alone
+            self.last_terms = {"seg1": float(seg1.detach()), "seg2": float("nan"), "isb": float("nan")}
+            return seg1 + logits.sum() * 0
         if auxiliary.cropped:
             seg2 = self.tumour_loss(auxiliary.location_map, auxiliary.focus_maps,
                                     self.tumour_targets(auxiliary, target))

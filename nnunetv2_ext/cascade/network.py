@@ -42,6 +42,7 @@ class CascadeAuxiliary:
     stage2_size: Tuple[int, ...]
     location_map: Optional[torch.Tensor] = None
     focus_maps: List[torch.Tensor] = field(default_factory=list)
+    stage2_enabled: bool = True
 
 
 class CascadeTumorNet(nn.Module):
@@ -104,6 +105,7 @@ class CascadeTumorNet(nn.Module):
         self.register_buffer("prior_enabled", torch.tensor(True))
         self.register_buffer("prior_joint", torch.tensor(True))
         self._reference_organ: Optional[torch.Tensor] = None
+        self.stage2_enabled = True
         self.record_auxiliary = False
         self.auxiliary: Optional[CascadeAuxiliary] = None
         self.reset_counters()
@@ -113,6 +115,11 @@ class CascadeTumorNet(nn.Module):
         """Prior on / off; ``joint``: stage 2's loss reaches stage 1 through it (else the prior is detached)."""
         self.prior_enabled.fill_(bool(enabled))
         self.prior_joint.fill_(bool(enabled and joint))
+
+    def set_stage2_enabled(self, enabled: bool) -> None:
+        """False: :meth:`forward` (training patches, online validation) does not run stage 2 (the stage-1
+        pre-training step P); whole-case prediction always runs both stages."""
+        self.stage2_enabled = bool(enabled)
 
     def set_reference_organ(self, organ_mask: Optional[torch.Tensor]) -> None:
         """Reference organ mask (B, *S) (bool) for the crop boxes of the next forward calls; None: boxes from stage
@@ -221,7 +228,7 @@ class CascadeTumorNet(nn.Module):
                                  f"{(x.shape[0], *spatial)}")
         else:
             organ_masks = self.stage1_mask(organ_logits, 1)
-        boxes = [self.crop_box(m) for m in organ_masks]
+        boxes = [self.crop_box(m) for m in organ_masks] if self.stage2_enabled else [None] * len(organ_masks)
         self.num_patches += len(boxes)
         self.num_empty_organ_patches += sum(not bool(m.any()) for m in organ_masks)
         self.num_truncated_organ_patches += sum(_touches_border(m) for m in organ_masks)
@@ -229,7 +236,7 @@ class CascadeTumorNet(nn.Module):
         if self.training and torch.is_grad_enabled():
             tumour_logit = tumour_logit + self._unused_parameters_anchor(bool(cropped))
         self.auxiliary = CascadeAuxiliary(organ_logits, boxes, cropped, self.stage2_patch_size, location_map,
-                                          focus_maps) if self.record_auxiliary else None
+                                          focus_maps, self.stage2_enabled) if self.record_auxiliary else None
         return self.combine(organ_log_prob, tumour_logit)
 
     # ------------------------------------------------------------------ prediction: the whole case

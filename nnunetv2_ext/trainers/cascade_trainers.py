@@ -28,7 +28,8 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunetv2_ext.cascade.blocks import DualBranchEncoder, TumourStageNet, truncate_encoder
+from nnunetv2_ext.cascade.blocks import (DualBranchEncoder, MultiScaleUNet, TumourStageNet, transfer_encoder_weights,
+                                         truncate_encoder)
 from nnunetv2_ext.cascade.loss import (PAPER_FOCUS_WEIGHTS, STAGE1_LOSSES, CascadeTumorLoss,
                                        PaperNormalisedSharedBoundaryLoss, TumourStageLoss, focus_level_weights,
                                        stage1_loss)
@@ -45,9 +46,13 @@ from nnunetv2_ext.two_stage.prior import SalientChangeModule
 from nnunetv2_ext.two_stage.steps import (PAPER_JOINT_REFERENCE_FRACTION, PAPER_SEPARATE_FRACTION, STEP_J,
                                           StepSchedule, TrainingStep, cascade_schedule)
 
-__all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorDualBranch"]
+__all__ = ["nnUNetTrainerCascadeTumor", "nnUNetTrainerCascadeTumorDualBranch",
+           "nnUNetTrainerCascadeTumorTransfer", "nnUNetTrainerCascadeTumorPaper"]
 
 ENCODERS = ("plans", "dual_branch")
+STAGE1_ENCODERS = ("plans", "multi_scale")
+# the stage-1 / stage-2 encoder pairs the transfer step T can copy between (same blocks, stage 2 possibly shallower)
+TRANSFER_PAIRS = {("plans", "plans"), ("multi_scale", "dual_branch")}
 
 # nnUNetv2_predict imports this module (to find the trainer) before it builds the network: from then on nnU-Net's
 # predictor hands the cascade the whole case instead of tiles (other networks are not affected).
@@ -75,7 +80,11 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
     - ``stage2_max_zoom`` (4): largest magnification of the organ box onto stage 2's patch.
     - ``stage2_num_stages`` (5, the paper's depth: localisation + 4 focusing levels): stage 2 uses the plans'
       first that many encoder stages.
-    - ``encoder`` ('plans' | 'dual_branch' = Eq. 1-4).
+    - ``encoder`` ('plans' | 'dual_branch' = Eq. 1-4): stage 2's encoder.
+    - ``stage1_encoder`` ('plans' = the plans' U-Net | 'multi_scale' = the paper's multi-scale U-Net, §3.1).
+    - ``transfer_stage1`` (False): the paper's transfer step T - at the start of step S stage 1's encoder weights
+      (trained on the organ alone during step P) initialise stage 2's encoder (same kind of encoder required).
+    - ``stage1_pretrain_fraction`` (0; 0.2 with T): share of ``num_epochs`` of step P (stage 1 alone) before S.
     - ``empty_organ_fallback``: 'no_tumour' (no organ found: no tumour stage) or 'whole_image'.
     - ``separate_fraction``, ``joint_reference_fraction``: shares of ``num_epochs`` for steps S and I (paper: 2 and 4
       of 56 epochs); J takes the rest.
@@ -93,6 +102,9 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
     stage2_max_zoom = 4.0
     stage2_num_stages = 5
     encoder = "plans"
+    stage1_encoder = "plans"
+    transfer_stage1 = False
+    stage1_pretrain_fraction = 0.0
     empty_organ_fallback = "no_tumour"
     separate_fraction = PAPER_SEPARATE_FRACTION
     joint_reference_fraction = PAPER_JOINT_REFERENCE_FRACTION
@@ -111,18 +123,21 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             random.seed(self.seed)
             np.random.seed(self.seed)
             torch.manual_seed(self.seed)
-        # before nnU-Net's __init__, which creates the fold folder: a wrong dataset leaves nothing behind
-        check_cascade_labels(PlansManager(plans).get_label_manager(dataset_json), plans.get("dataset_name", "?"))
+        # before nnU-Net's __init__, which creates the fold folder: a wrong dataset or parameter leaves nothing behind
+        plans_manager = PlansManager(plans)
+        check_cascade_labels(plans_manager.get_label_manager(dataset_json), plans.get("dataset_name", "?"))
+        self.crop_margin_voxels = self._check_parameters(plans_manager, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self._check_parameters()
         # the cascade has its own multi-output loss; nnU-Net's deep supervision would only add stage-1 outputs
         self.enable_deep_supervision = False
         self.oversample_foreground_percent = self.foreground_oversampling
-        self.schedule: StepSchedule = cascade_schedule(self.separate_fraction, self.joint_reference_fraction)
+        self.schedule: StepSchedule = cascade_schedule(self.separate_fraction, self.joint_reference_fraction,
+                                                       self.stage1_pretrain_fraction)
         self.cascade_step: TrainingStep = STEP_J
         self._epoch_terms: List[dict] = []
 
-    def _check_parameters(self) -> None:
+    def _check_parameters(self, plans_manager: PlansManager, configuration: str) -> tuple:
+        """Class attributes against each other and the plans; returns K per axis (voxels)."""
         cls = type(self).__name__
         if self.stage1_loss not in STAGE1_LOSSES:
             raise ValueError(f"{cls}.stage1_loss must be one of {STAGE1_LOSSES}, got {self.stage1_loss!r}")
@@ -131,17 +146,33 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
                              f"{self.empty_organ_fallback!r}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"{cls}.encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.stage1_encoder not in STAGE1_ENCODERS:
+            raise ValueError(f"{cls}.stage1_encoder must be one of {STAGE1_ENCODERS}, got {self.stage1_encoder!r}")
+        if not isinstance(self.transfer_stage1, bool):
+            raise ValueError(f"{cls}.transfer_stage1 must be True or False, got {self.transfer_stage1!r}")
+        if self.transfer_stage1:
+            if (self.stage1_encoder, self.encoder) not in TRANSFER_PAIRS:
+                raise ValueError(f"{cls}: the transfer step T copies stage 1's encoder into stage 2's, so they must be "
+                                 f"of the same kind ({sorted(TRANSFER_PAIRS)} as (stage1_encoder, encoder)); got "
+                                 f"stage1_encoder={self.stage1_encoder!r}, encoder={self.encoder!r}")
+            if not (isinstance(self.stage1_pretrain_fraction, (int, float)) and self.stage1_pretrain_fraction > 0):
+                raise ValueError(f"{cls}.transfer_stage1 needs a stage-1 pre-training step: stage1_pretrain_fraction "
+                                 f"must be in (0, 1), got {self.stage1_pretrain_fraction!r}")
         if not self.stage2_max_zoom >= 1:
             raise ValueError(f"{cls}.stage2_max_zoom must be >= 1, got {self.stage2_max_zoom}")
         if int(self.stage2_num_stages) < 2:
             raise ValueError(f"{cls}.stage2_num_stages must be >= 2, got {self.stage2_num_stages}")
-        cascade_schedule(self.separate_fraction, self.joint_reference_fraction)  # validates the fractions
-        patch = [int(p) for p in self.configuration_manager.patch_size]
-        stride = _stage2_total_stride(self.configuration_manager, self.stage2_num_stages)
-        try:
-            self.crop_margin_voxels = check_margin_leaves_room(self.crop_margin, patch, stride)
+        try:  # validates the fractions
+            cascade_schedule(self.separate_fraction, self.joint_reference_fraction, self.stage1_pretrain_fraction)
         except ValueError as e:
-            raise ValueError(f"{cls} on {self.plans_manager.dataset_name} {self.configuration_name}: {e}") from None
+            raise ValueError(f"{cls}: {e}") from None
+        configuration_manager = plans_manager.get_configuration(configuration)
+        patch = [int(p) for p in configuration_manager.patch_size]
+        stride = _stage2_total_stride(configuration_manager, self.stage2_num_stages)
+        try:
+            return check_margin_leaves_room(self.crop_margin, patch, stride)
+        except ValueError as e:
+            raise ValueError(f"{cls} on {plans_manager.dataset_name} {configuration}: {e}") from None
 
     # ---------------------------------------------------------------- network
     @classmethod
@@ -153,6 +184,13 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
                              f"{plans_manager.dataset_name} has {num_output_channels} segmentation outputs")
         stage1 = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels, 2,
                                                     False)
+        if cls.stage1_encoder == "multi_scale":
+            n_conv = configuration_manager.network_arch_init_kwargs.get("n_conv_per_stage_decoder")
+            if n_conv is None or not hasattr(stage1, "encoder"):
+                raise ValueError(f"{cls.__name__}: the multi-scale stage 1 is built on the plans' U-Net encoder and "
+                                 f"its n_conv_per_stage_decoder; architecture "
+                                 f"{configuration_manager.network_arch_class_name} has none")
+            stage1 = MultiScaleUNet(DualBranchEncoder(stage1.encoder, num_input_channels), 2, n_conv, False)
         backbone = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels, 2,
                                                       False)
         if not hasattr(backbone, "encoder") or not hasattr(backbone.encoder, "output_channels"):
@@ -163,6 +201,8 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         if cls.encoder == "dual_branch":
             encoder = DualBranchEncoder(encoder, num_input_channels)
         stage2 = TumourStageNet(encoder, cls.map_kernel_size)
+        if cls.transfer_stage1:  # before any training: the two encoders must match
+            transfer_encoder_weights(stage1.encoder, stage2.encoder, check_only=True)
         return CascadeTumorNet(stage1, stage2, SalientChangeModule(encoder.conv_op, num_input_channels),
                                crop_margin=cls.crop_margin, stage2_patch_size=configuration_manager.patch_size,
                                max_zoom=cls.stage2_max_zoom, empty_organ_fallback=cls.empty_organ_fallback,
@@ -192,8 +232,10 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
             f"Cascade steps: {self.schedule.describe(self.num_epochs)}; crop margin K = {self.crop_margin_voxels} "
             f"voxels = ({mm}) mm at spacing {tuple(spacing)}; tumour stage patch {net.stage2_patch_size}, zoom <= "
             f"{self.stage2_max_zoom}; stage 2: {self.encoder} encoder, {net.stage2.num_focus_levels} focusing "
-            f"levels, weights {focus_level_weights(net.stage2.num_focus_levels, self.focus_weights)}; stage-1 loss "
-            f"{self.stage1_loss}; empty-organ fallback '{self.empty_organ_fallback}'")
+            f"levels, weights {focus_level_weights(net.stage2.num_focus_levels, self.focus_weights)}; stage 1: "
+            f"{self.stage1_encoder} U-Net, loss {self.stage1_loss}; transfer T "
+            + (f"at the start of S (epoch {self.schedule.first_epoch_of('S', self.num_epochs)})"
+               if self.transfer_stage1 else "off") + f"; empty-organ fallback '{self.empty_organ_fallback}'")
         if getattr(self, "_organ_box_report", None):
             self.print_to_log_file(self._organ_box_report)
 
@@ -258,12 +300,26 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
         """Sets the step of the current epoch (pure function of the epoch, so it is restored by ``--c``)."""
         self.cascade_step = self.schedule.step_for_epoch(self.current_epoch, self.num_epochs)
         self.cascade_network.set_prior(self.cascade_step.prior_enabled, self.cascade_step.joint)
+        self.cascade_network.set_stage2_enabled(self.cascade_step.stage2_trained)
         return self.cascade_step
+
+    def transfer_stage1_encoder(self) -> int:
+        """The transfer step T: stage 1's encoder weights into stage 2's encoder; the optimiser's momentum of the
+        overwritten parameters is reset. Returns the number of tensors copied."""
+        net = self.cascade_network
+        copied = transfer_encoder_weights(net.stage1.encoder, net.stage2.encoder)
+        for p in net.stage2.encoder.parameters():
+            self.optimizer.state.pop(p, None)
+        return copied
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         step = self.apply_cascade_step()
         self.print_to_log_file(f"Cascade {step.describe()}")
+        if self.transfer_stage1 and self.current_epoch == self.schedule.first_epoch_of("S", self.num_epochs):
+            copied = self.transfer_stage1_encoder()
+            self.print_to_log_file(f"Cascade transfer T: stage 1's {self.stage1_encoder} encoder initialises stage "
+                                   f"2's {self.encoder} encoder ({copied} tensors copied, their momentum reset)")
         self.cascade_network.reset_counters()
         self._epoch_terms = []
 
@@ -318,6 +374,20 @@ class nnUNetTrainerCascadeTumor(nnUNetTrainer):
 
 class nnUNetTrainerCascadeTumorDualBranch(nnUNetTrainerCascadeTumor):
     """The cascade with the paper's dual-branch multi-scale encoder in stage 2 (Eq. 1-4)."""
+    encoder = "dual_branch"
+
+
+class nnUNetTrainerCascadeTumorTransfer(nnUNetTrainerCascadeTumor):
+    """The cascade with the transfer step T on the plans' encoders: stage 1 alone for the first 20 % of the epochs
+    (step P), then its encoder initialises stage 2's, then S / I / J."""
+    transfer_stage1 = True
+    stage1_pretrain_fraction = 0.2
+
+
+class nnUNetTrainerCascadeTumorPaper(nnUNetTrainerCascadeTumorTransfer):
+    """The paper's cascade: multi-scale U-Net stage 1 (§3.1), dual-branch stage 2 (Eq. 1-4) and the transfer step
+    T between them."""
+    stage1_encoder = "multi_scale"
     encoder = "dual_branch"
 
 
