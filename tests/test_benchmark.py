@@ -225,6 +225,34 @@ def test_report_table_hand_made():
     assert "| +15.5 [" in row_b and "| +65.0 [" in row_b  # 0.70 - 0.545; worst-10 %: 0.70 - 0.05
 
 
+def test_report_measures_the_named_label(tmp_path):
+    """--label: DSC, precision and components of one label of a two-label dataset (the cascade's tumour), by hand."""
+    import SimpleITK as sitk
+
+    from nnunetv2_ext.benchmark.report import evaluate_folder
+    djson = {"labels": {"background": 0, "organ": 1, "tumour": 2}, "file_ending": ".nii.gz"}
+    (tmp_path / "dataset.json").write_text(json.dumps(djson))
+    ref, pred = np.zeros((1, 8, 8), np.uint8), np.zeros((1, 8, 8), np.uint8)
+    ref[0, 1:7, 1:7] = 1
+    ref[0, 2:4, 2:4] = 2          # tumour: 4 voxels
+    pred[0, 1:7, 1:7] = 1
+    pred[0, 2:4, 2:3] = 2         # 2 of them found
+    pred[0, 6, 6] = 2             # and a separate false-positive tumour voxel
+    for folder, arr in (("ref", ref), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / folder / "c0.nii.gz"))
+    out = evaluate_folder(str(tmp_path / "pred"), str(tmp_path / "ref"), str(tmp_path / "dataset.json"),
+                          label="tumour")
+    c0 = out["per_case"]["c0"]
+    assert out["label"] == "tumour"
+    assert c0["DSC"] == pytest.approx(2 * 2 / (3 + 4)) and c0["precision"] == pytest.approx(2 / 3)
+    assert c0["components"] == 2 and c0["fp_components"] == 1 and c0["fp_voxels"] == 1
+    first = evaluate_folder(str(tmp_path / "pred"), str(tmp_path / "ref"), str(tmp_path / "dataset.json"))
+    assert first["label"] == "organ" and first["per_case"]["c0"]["components"] == 1  # organ ∪ tumour: one blob
+    assert sorted(p.name for p in (tmp_path / "pred").glob(".benchmark_metrics*")) == [
+        ".benchmark_metrics.json", ".benchmark_metrics_tumour.json"]
+
+
 # ------------------------------------------------------------------------------------------------- command
 def _bench(args, **kw):
     return run_process(["nnUNetv2_ext_benchmark", *map(str, args)], **kw)
@@ -242,6 +270,7 @@ def test_bad_input_refused_before_anything_is_written(phantom_2d, tmp_path):
         (["--group-regex", "^(nomatch)"], "does not match --group-regex"),
         (["--baseline", "nnUNetTrainerBoundary"], "--baseline"),
         (["-c", "3d_lowres"], "is not a configuration"),
+        (["--label", "tumour"], "--label 'tumour' is not a foreground label"),
     ]
     for extra, message in cases:
         work = tmp_path / "w"

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                                                        "group names the patient, e.g. '^(PANCREAS_\\d+)_'")
     p.add_argument("--groups", default=None, help="JSON file case -> patient (instead of --group-regex)")
     p.add_argument("--baseline", default=None, help="baseline trainer (default: the first of -tr)")
+    p.add_argument("--label", default=None, help="the dataset.json label (or region) name the report measures, e.g. "
+                   "tumour (default: the first foreground label)")
     p.add_argument("-o", "--output", required=True, help="work folder (settings, run states, predictions, logs, "
                                                          "report)")
     p.add_argument("--list", action="store_true", help="check the settings, write them (and the grouped split), print "
@@ -91,7 +93,7 @@ def _config_from_args(a) -> BenchmarkConfig:
                                        batch=a.batch, width=a.width, **keep),
                            plans=a.plans, device=a.device, test=a.test, tta=not a.disable_tta,
                            group_regex=a.group_regex, groups_file=os.path.abspath(a.groups) if a.groups else None,
-                           baseline=a.baseline)
+                           baseline=a.baseline, label=a.label)
 
 
 def check_benchmark(cfg: BenchmarkConfig) -> None:
@@ -125,6 +127,9 @@ def check_benchmark(cfg: BenchmarkConfig) -> None:
     with open(os.path.join(raw, "dataset.json"), encoding="utf-8") as f:
         djson = json.load(f)
     ending = djson["file_ending"]
+    names = [k for k in djson.get("labels", {}) if k not in ("background", "ignore")]
+    if cfg.label is not None and cfg.label not in names:
+        raise BenchmarkError(f"--label {cfg.label!r} is not a foreground label of {cfg.dataset} ({names})")
     if cfg.test == "imagesTs":
         images = {f[:-len(ending) - 5] for f in os.listdir(os.path.join(raw, "imagesTs"))
                   if f.endswith(ending)} if os.path.isdir(os.path.join(raw, "imagesTs")) else set()

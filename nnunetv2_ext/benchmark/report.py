@@ -35,8 +35,15 @@ def _reference_folder(cfg: BenchmarkConfig) -> str:
 COMPONENT_METRICS = ("components", "fp_components", "fp_voxels", "fp_d0", "fp_d1_2", "fp_d3_5", "fp_d6plus")
 
 
-def component_metrics(folder: str, ref: str, dataset_json: dict) -> Dict[str, Dict[str, float]]:
-    """case -> :data:`COMPONENT_METRICS` of the predictions in ``folder`` against the references in ``ref``."""
+def _label_mask(seg: np.ndarray, value) -> np.ndarray:
+    """The voxels of a dataset.json label (int) or region (list of ints) in a label map."""
+    return np.isin(seg, np.atleast_1d(value))
+
+
+def component_metrics(folder: str, ref: str, dataset_json: dict, label: Optional[str] = None
+                      ) -> Dict[str, Dict[str, float]]:
+    """case -> :data:`COMPONENT_METRICS` of the predictions in ``folder`` against the references in ``ref``: of the
+    whole foreground, or with ``label`` (a dataset.json label / region name) of that label's voxels."""
     from nnunetv2_ext.evaluation.components import components, false_positive_summary
     from nnunetv2_ext.evaluation.io import files_by_case, read_segmentation, reader_class
     ending = dataset_json["file_ending"]
@@ -49,6 +56,10 @@ def component_metrics(folder: str, ref: str, dataset_json: dict) -> Dict[str, Di
     for case, f in files.items():
         seg, _ = read_segmentation(reader, case, f, "prediction")
         ref_seg = read_segmentation(reader, case, refs[case], "reference")[0] if case in refs else None
+        if label is not None:
+            value = dataset_json["labels"][label]
+            seg = _label_mask(seg, value)
+            ref_seg = None if ref_seg is None else _label_mask(ref_seg, value)
         s = false_positive_summary({case: components(seg, ref_seg)})  # one case: the per-case counts
         bins = s["fp_by_slice_distance"]
         out[case] = {"components": s["components_per_case"], "fp_components": s["fp_components_per_case"],
@@ -57,9 +68,11 @@ def component_metrics(folder: str, ref: str, dataset_json: dict) -> Dict[str, Di
     return out
 
 
-def evaluate_folder(folder: str, ref: str, dataset_json_file: str, num_processes: int = 1) -> dict:
-    """Per-case metrics of the first label (cached in ``folder/.benchmark_metrics.json``)."""
-    cache = os.path.join(folder, ".benchmark_metrics.json")
+def evaluate_folder(folder: str, ref: str, dataset_json_file: str, num_processes: int = 1,
+                    label: Optional[str] = None) -> dict:
+    """Per-case metrics of ``label`` (a dataset.json label / region name; None: the first label), cached in
+    ``folder/.benchmark_metrics.json`` (``.benchmark_metrics_<label>.json`` for a named label)."""
+    cache = os.path.join(folder, ".benchmark_metrics.json" if label is None else f".benchmark_metrics_{label}.json")
     with open(dataset_json_file, encoding="utf-8") as f:
         djson = json.load(f)
     out = None
@@ -72,10 +85,12 @@ def evaluate_folder(folder: str, ref: str, dataset_json_file: str, num_processes
         from nnunetv2_ext.evaluation import evaluate_folders
         result = evaluate_folders(ref, folder, djson, num_processes=num_processes, progress=False,
                                   hd_penalty=HD_PENALTY)
-        out = {"label": result.labels[0].name,
-               "per_case": {c: {m: float(result.values(m, cases=[c])[0]) for m in METRICS} for c in result.cases}}
+        chosen = result.label(label) if label is not None else result.labels[0]
+        out = {"label": chosen.name,
+               "per_case": {c: {m: float(result.values(m, chosen.name, cases=[c])[0]) for m in METRICS}
+                            for c in result.cases}}
     # a cache from before the false-positive counts: add them while the predictions are there, else mark them unknown
-    comps = component_metrics(folder, ref, djson) if os.path.isdir(folder) else {}
+    comps = component_metrics(folder, ref, djson, label) if os.path.isdir(folder) else {}
     for c, values in out["per_case"].items():
         values.update({k: comps[c][k] if c in comps else float("nan") for k in COMPONENT_METRICS})
     with open(cache, "w", encoding="utf-8") as f:
@@ -99,7 +114,8 @@ def collect_matrices(cfg: BenchmarkConfig, work: WorkFolder, kind: str, dataset_
             folder = None if r is None else prediction_folder(cfg, work, r.name, f, kind)
             if folder is None or not os.path.isdir(folder):
                 return None
-            for case, values in evaluate_folder(folder, ref, dataset_json_file, num_processes)["per_case"].items():
+            for case, values in evaluate_folder(folder, ref, dataset_json_file, num_processes,
+                                                cfg.label)["per_case"].items():
                 by_case.setdefault(case, []).append(values)
         return {c: {m: [v[m] for v in vs] if m == "precision" else float(np.mean([v[m] for v in vs]))
                     for m in vs[0]} for c, vs in by_case.items()}
@@ -258,6 +274,7 @@ def write_report(cfg: BenchmarkConfig, work: WorkFolder, folder: str, dataset_js
         f"iterations), batch {b['batch'] or 'of the plans'}, first-stage features {b['width'] or 'of the plans'}; "
         f"folds {cfg.folds}; seeds {cfg.seeds}; evaluated on "
         f"{'the held-out imagesTs/labelsTs (each fold model predicts every case; per case the mean over folds)' if cfg.test == 'imagesTs' else 'the folds validation cases'}"
+        f"; label measured: {cfg.label or 'the first foreground label'}"
         f"; test-time mirroring {'on' if cfg.tta else 'off'}; device {cfg.device}. Runs finished: {n_done} of "
         f"{len(runs)}. Values are means over seeds ± the SD between seeds; Δ: paired by case, 95 % hierarchical "
         f"bootstrap interval over cases and seeds ({n_bootstrap} resamples). HD95 counts a missed organ at the "

@@ -49,6 +49,7 @@ class BenchmarkConfig:
     groups_file: Optional[str] = None
     n_splits: int = 5
     baseline: Optional[str] = None
+    label: Optional[str] = None  # the dataset.json label (or region) the report measures; None: the first one
     notes: Dict[str, str] = field(default_factory=dict)
 
     def budget_for(self, seed: int) -> Budget:
