@@ -114,6 +114,8 @@ setup(
             "nnunetv2_ext_self_train=nnunetv2_ext.semisupervised.cli:self_train_main",
             "nnunetv2_ext_add_slice_position=nnunetv2_ext.dataset_conversion.slice_position:main",
             "nnunetv2_ext_add_slice_position_to_images=nnunetv2_ext.dataset_conversion.slice_position:images_main",
+            "nnunetv2_ext_train_propagation=nnunetv2_ext.propagation.cli:train_main",
+            "nnunetv2_ext_propagate=nnunetv2_ext.propagation.cli:propagate_main",
         ])
     },
 )

@@ -159,6 +159,16 @@ class KillDuringEpoch:
 """
 
 
+def write_organ_free_image(template_file, out_file, value: float = -80) -> None:
+    """A volume of ``template_file``'s geometry holding only ``value`` (body fat, no organ) at ``out_file``."""
+    import numpy as np
+    import SimpleITK as sitk
+    template = sitk.ReadImage(str(template_file))
+    empty = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(template).shape, value, np.float32))
+    empty.CopyInformation(template)
+    sitk.WriteImage(empty, str(out_file))
+
+
 def epochs_in_logs(fold) -> list:
     """Per nnU-Net training log of ``fold`` (oldest first): (epochs started, epochs finished) from its "Epoch N" and
     "Epoch time" lines."""

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import (KILL_DURING_EPOCH, check_killed_and_resumed, export_install_predict, run_cmd,
-                      run_process)
+                      run_process, write_organ_free_image)
 
 pytestmark = pytest.mark.e2e
 
@@ -126,10 +126,7 @@ def run_3d(phantom_3d, nnunet_dirs, tmp_path_factory):
     inputs = tmp_path_factory.mktemp("cascade_in_3d")
     for f in (phantom_3d / "imagesTs").glob("*.nii.gz"):
         (inputs / f.name).symlink_to(f)
-    template = sitk.ReadImage(str(next((phantom_3d / "imagesTs").glob("*.nii.gz"))))
-    empty = sitk.GetImageFromArray(np.full(sitk.GetArrayFromImage(template).shape, -80, np.float32))
-    empty.CopyInformation(template)
-    sitk.WriteImage(empty, str(inputs / "noorgan_000_0000.nii.gz"))
+    write_organ_free_image(next((phantom_3d / "imagesTs").glob("*.nii.gz")), inputs / "noorgan_000_0000.nii.gz")
     pred = tmp_path_factory.mktemp("cascade_pred_3d")
     predict_log = run_cmd(["nnUNetv2_predict", "-i", inputs, "-o", pred, "-d", CASCADE_3D_ID, "-c", "3d_fullres",
                            "-f", "0", "-tr", TRAINER_3D, "--disable_tta", "-device", "cpu"], env=env)
