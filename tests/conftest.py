@@ -105,6 +105,39 @@ def run_process(args, timeout=CMD_TIMEOUT, env=None, cwd=None, stderr=subprocess
     return subprocess.CompletedProcess(args, p.returncode, out, err)
 
 
+def run_until_then_kill(args, condition, timeout=CMD_TIMEOUT, env=None, poll_s: float = 0.5):
+    """Runs ``args`` as ``run_process`` does and kills its whole process group (SIGKILL, as a cluster's time limit
+    would) as soon as ``condition()`` is true (checked every ``poll_s``). Returns the ``CompletedProcess`` (output
+    up to the kill); the return code is -9 when it was killed."""
+    import tempfile
+    full_env = dict(os.environ)
+    full_env.update(TEST_ENV)
+    full_env.update({k: str(v) for k, v in (env or {}).items()})
+    args = [str(a) for a in args]
+    limit = command_timeout(timeout)
+    with tempfile.TemporaryFile("w+", errors="replace") as out:
+        p = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+        start = time.time()
+        try:
+            while p.poll() is None:
+                if condition():
+                    os.killpg(p.pid, signal.SIGKILL)
+                    break
+                if time.time() - start > limit:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                    out.seek(0)
+                    raise AssertionError(f"{' '.join(args)} timed out after {limit:.0f} s:\n{out.read()[-6000:]}")
+                time.sleep(poll_s)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        out.seek(0)
+        return subprocess.CompletedProcess(args, p.returncode, out.read(), None)
+
+
 def run_cmd(args, timeout=CMD_TIMEOUT, env=None, cwd=None):
     """Runs an nnU-Net / nnunetv2_ext command that must succeed (``run_process``); returns its output (stdout and
     stderr). On failure the assertion shows the end of the output."""

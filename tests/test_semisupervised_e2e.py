@@ -3,9 +3,11 @@
 One module-scoped phantom (6 labelled, 6 unlabelled in imagesUnlabeled/, 2 test cases; 24 x 48 x 48; 2d), planned
 and preprocessed once, then:
 
-- a self-training round with ``nnUNetv2_ext_self_train`` and the CPS trainer (the pseudo-label -> CPS loop): train 2
-  models (folds 0 and 1), predict the unlabelled images, score, select (top half), write the new dataset (the cases
-  not selected stay unlabelled) and preprocess it, retrain CPS on it (fold 0); a second call resumes and runs nothing;
+- two self-training rounds with ``nnUNetv2_ext_self_train`` and the CPS trainer (the pseudo-label -> CPS loop,
+  issue 19 item 1): round 0 trains 2 models (folds 0 and 1), predicts the unlabelled images, scores, selects (top
+  half) and writes D_1 (the cases not selected stay unlabelled); the command is then killed (SIGKILL, its whole
+  process group) between the rounds; the same command resumes with round 1 (preprocess D_1, 2 models, predict,
+  select, D_2) and the final CPS model on D_2 (fold 0), without redoing round 0; a third call runs nothing;
 - ``nnUNetTrainerCPSTiny`` with 2 augmentation workers: a run that crashes after epoch 1, ``--c`` resumes it, then
   ``nnUNetv2_predict -tr nnUNetTrainerCPSTiny`` predicts the test cases; the saved probabilities are the mean of
   the two networks' softmax.
@@ -22,11 +24,11 @@ import SimpleITK as sitk
 import torch
 
 from conftest import (KILL_DURING_EPOCH, check_killed_and_resumed, export_install_predict, make_trainer,
-                      plan_and_preprocess, run_cmd, run_process, user_trainers)
+                      plan_and_preprocess, run_cmd, run_process, run_until_then_kill, user_trainers)
 
 pytestmark = pytest.mark.e2e
 
-LABELLED_ID, ROUND1_ID = 948, 949
+LABELLED_ID, ROUND1_ID, ROUND2_ID = 948, 949, 950
 #: seeded and long enough that both CPS networks find the organ (its docstring): the round needs scores
 SELF_TRAIN_TRAINER = "nnUNetTrainerCPSTinySeeded"
 TEST_TRAINERS = KILL_DURING_EPOCH + '''
@@ -59,18 +61,28 @@ def self_train_run(semi_phantom, nnunet_dirs, tmp_path_factory, trainer_env):
     work = tmp_path_factory.mktemp("self_train")
     # the CPS trainer, so that the same run also tests the pseudo-label -> CPS loop (Pham et al., Table 5 rows 3-4;
     # issue 19, item 1): D_1 keeps the cases not accepted as unlabelled input of the final CPS model
-    args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", ROUND1_ID, "-f", "0", "1",
+    args = ["nnUNetv2_ext_self_train", "-d", LABELLED_ID, "-c", "2d", "-o", ROUND1_ID, ROUND2_ID, "-f", "0", "1",
             "--final-folds", "0", "-tr", SELF_TRAIN_TRAINER, "--top-fraction", "0.5", "--work-dir", work,
-            "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
-    first = run_cmd(args, timeout=1800, env=trainer_env)
-    second = run_cmd(args, timeout=600, env=trainer_env)
-    return {"work": work, "first": first, "second": second, "args": args}
+            "--no-stop-when-no-new", "-device", "cpu", "-np", "1", "-npp", "1", "-nps", "1"]
+    state = work / "self_train_state.json"
+
+    def round_0_selected():
+        try:
+            return "selected" in json.loads(state.read_text())["rounds"].get("0", {})
+        except (OSError, ValueError):
+            return False
+    killed = run_until_then_kill(args, round_0_selected, timeout=1800, env=trainer_env)
+    resumed = run_cmd(args, timeout=1800, env=trainer_env)
+    third = run_cmd(args, timeout=600, env=trainer_env)
+    return {"work": work, "killed": killed, "first": killed.stdout, "resumed": resumed, "second": third,
+            "args": args}
 
 
 def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs, semi_phantom):
     out = self_train_run["first"]
-    assert out.count("$ nnUNetv2_train") == 3  # 2 models on D_0, 1 on D_1
-    assert out.count("$ nnUNetv2_predict") == 2
+    assert self_train_run["killed"].returncode == -signal.SIGKILL, out[-3000:]
+    assert out.count("$ nnUNetv2_train") == 2 and out.count("$ nnUNetv2_predict") == 2  # round 0, then killed
+    assert f"$ nnUNetv2_train {ROUND1_ID}" not in out  # killed before round 1 (right after round 0's selection was saved)
     work = self_train_run["work"]
     unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
     for fold in (0, 1):
@@ -91,24 +103,39 @@ def test_round_trains_predicts_selects_and_retrains(self_train_run, nnunet_dirs,
     plans0 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / semi_phantom.name / "nnUNetPlans.json").read_text())
     plans1 = json.loads((nnunet_dirs["nnUNet_preprocessed"] / raw1.name / "nnUNetPlans.json").read_text())
     assert plans1["configurations"]["2d"] == plans0["configurations"]["2d"]
-    final = nnunet_dirs["nnUNet_results"] / raw1.name / f"{SELF_TRAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
-    assert (final / "checkpoint_final.pth").exists()
     state = json.loads((work / "self_train_state.json").read_text())
-    assert state["final"]["dataset"] == raw1.name and state["rounds"]["0"]["selected"] == selected
+    assert state["rounds"]["0"]["selected"] == selected
+
+
+def test_killed_between_rounds_resumes_with_round_1_and_trains_the_final_model(self_train_run, nnunet_dirs):
+    """The resumed call redoes nothing of round 0: it preprocesses D_1, trains round 1's 2 models on it, predicts,
+    selects (D_2) and trains the final model on D_2."""
+    out = self_train_run["resumed"]
+    assert "round 0: selection done before (3 cases)" in out
+    assert out.count("$ nnUNetv2_train") == 3 and out.count("$ nnUNetv2_predict") == 2, out[-3000:]
+    trains = [line for line in out.splitlines() if line.startswith("$ nnUNetv2_train")]
+    assert [line.split()[2] for line in trains] == [str(ROUND1_ID), str(ROUND1_ID), str(ROUND2_ID)], trains
+    work = self_train_run["work"]
+    state = json.loads((work / "self_train_state.json").read_text())
+    raw2 = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{ROUND2_ID}_*"))
+    assert state["final"]["dataset"] == raw2.name and state["final"]["round"] == 2
+    assert len(state["rounds"]["1"]["selected"]) == 3
+    final = nnunet_dirs["nnUNet_results"] / raw2.name / f"{SELF_TRAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
+    assert (final / "checkpoint_final.pth").exists()
 
 
 def test_self_training_with_cps_goes_past_round_0(self_train_run, nnunet_dirs, semi_phantom):
-    """The pseudo-label -> CPS loop: 2 CPS models on D_0 (its imagesUnlabeled), pseudo-labels, and the final CPS model
-    on D_1, whose accepted cases are labelled and whose other unlabelled cases are its unlabelled input."""
-    raw1 = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{ROUND1_ID}_*"))
-    manifest = json.loads((raw1 / "pseudo_labels.json").read_text())
-    selected = sorted(s["case"] for s in manifest["selected"])
+    """The pseudo-label -> CPS loop over two rounds: CPS models on D_0 (its imagesUnlabeled), then on D_1 and D_2,
+    whose accepted cases are labelled and whose other unlabelled cases are the CPS models' unlabelled input."""
     unlabelled = sorted(p.name[:-12] for p in (semi_phantom / "imagesUnlabeled").iterdir())
-    rest = sorted(set(unlabelled) - set(selected))
-    assert len(selected) == 3 and sorted(p.name[:-12] for p in (raw1 / "imagesUnlabeled").iterdir()) == rest
-    final = nnunet_dirs["nnUNet_results"] / raw1.name / f"{SELF_TRAIN_TRAINER}__nnUNetPlans__2d" / "fold_0"
-    assert (final / "checkpoint_final.pth").exists()
-    assert f"CPS: {len(rest)} unlabelled cases" in _log(final)  # trained on D_1: its remaining unlabelled cases
+    for round_id, fold in ((ROUND1_ID, "fold_0"), (ROUND2_ID, "fold_0")):
+        raw = next(nnunet_dirs["nnUNet_raw"].glob(f"Dataset{round_id}_*"))
+        selected = sorted(s["case"] for s in json.loads((raw / "pseudo_labels.json").read_text())["selected"])
+        rest = sorted(set(unlabelled) - set(selected))
+        assert len(selected) == 3 and sorted(p.name[:-12] for p in (raw / "imagesUnlabeled").iterdir()) == rest
+        model = nnunet_dirs["nnUNet_results"] / raw.name / f"{SELF_TRAIN_TRAINER}__nnUNetPlans__2d" / fold
+        assert (model / "checkpoint_final.pth").exists()
+        assert f"CPS: {len(rest)} unlabelled cases" in _log(model)  # trained with its remaining unlabelled cases
 
 
 def test_second_call_resumes_without_redoing_anything(self_train_run):
