@@ -21,6 +21,51 @@ import numpy as np
 STREAMED = re.compile(r"(: Epoch \d+$|Pseudo dice|Epoch time|PNSS/HESS: r=|Mean Validation Dice)")
 
 
+class CommandFailed(RuntimeError):
+    """A command of :func:`run_side_by_side` exited non-zero (the message names it, its exit status and its log's
+    end)."""
+
+
+def run_side_by_side(commands: Sequence[List[str]], log_paths: Sequence[str], gpus: Sequence[str] = (),
+                     env: Optional[Dict[str, str]] = None, poll_s: float = 0.2) -> None:
+    """Runs ``commands`` (output appended to ``log_paths[i]``): one after the other without ``gpus``; with ``gpus``,
+    as many at a time as there are GPUs, each command with ``CUDA_VISIBLE_DEVICES`` set to a GPU no running command
+    holds. On the first failure the others are terminated and :class:`CommandFailed` is raised. No queue, no
+    scheduler state: for a cluster, print the commands and let its scheduler run them (``--dry-run`` of the
+    commands that use this)."""
+    if len(log_paths) != len(commands):
+        raise ValueError(f"{len(commands)} commands but {len(log_paths)} log files")
+    base = dict(os.environ if env is None else env)
+    pending = list(zip(commands, log_paths))
+    slots = [str(g) for g in gpus] or [None]
+    running = []  # (process, log path, command, gpu)
+    while pending or running:
+        while pending and len(running) < len(slots):
+            cmd, log_path = pending.pop(0)
+            gpu = [g for g in slots if g not in {r[3] for r in running}][0]
+            cmd_env = dict(base, CUDA_VISIBLE_DEVICES=gpu) if gpu is not None else base
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"\n$ {' '.join(map(str, cmd))}\n")
+                log.flush()
+                proc = subprocess.Popen([str(c) for c in cmd], env=cmd_env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, log_path, cmd, gpu))
+        for item in list(running):
+            proc, log_path, cmd, _ = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                for other in running:
+                    other[0].terminate()
+                for other in running:
+                    other[0].wait()
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = f.read()[-3000:]
+                raise CommandFailed(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}); log {log_path}:\n"
+                                    f"{tail}")
+        time.sleep(poll_s)
+
+
 def commands_on_path_env() -> Dict[str, str]:
     """``os.environ`` with this interpreter's nnU-Net commands first on PATH (a venv not activated), UTF-8 output."""
     return dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),

@@ -72,3 +72,39 @@ def test_env_puts_folders_in_work_and_extra_last(tmp_path):
     env = nnunet_env(str(tmp_path), 2, {"nnUNet_def_n_proc": "1", "X": "y"})
     assert env["nnUNet_raw"] == str(tmp_path / "nnUNet_raw") and os.path.isdir(env["nnUNet_results"])
     assert env["nnUNet_n_proc_DA"] == "2" and env["nnUNet_def_n_proc"] == "1" and env["X"] == "y"
+
+
+def test_side_by_side_gives_each_running_command_its_own_gpu_and_stops_on_failure(tmp_path):
+    """Four commands on two 'GPUs': at most two at a time, never two on one GPU at once, each log names its GPU; a
+    failing command raises CommandFailed naming it and terminates the one running beside it."""
+    import sys
+    import time
+
+    import pytest
+
+    from nnunetv2_ext.pipeline import CommandFailed, run_side_by_side
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = ("import os, sys, time; g = os.environ['CUDA_VISIBLE_DEVICES']; d = sys.argv[1]; "
+            "open(os.path.join(d, 'start_%s_%s' % (sys.argv[2], time.time())), 'w').write(g); "
+            "time.sleep(0.6); print('gpu', g); open(os.path.join(d, 'end_%s_%s' % (sys.argv[2], time.time())), "
+            "'w').write(g)")
+    commands = [[sys.executable, "-c", code, marks, i] for i in range(4)]
+    logs = [str(tmp_path / f"log{i}.txt") for i in range(4)]
+    run_side_by_side(commands, logs, gpus=["3", "5"], poll_s=0.05)
+    events = sorted((float(p.name.split("_")[2]), p.name.split("_")[0], p.read_text()) for p in marks.iterdir())
+    busy, most = {}, 0
+    for _, kind, gpu in events:
+        busy[gpu] = busy.get(gpu, 0) + (1 if kind == "start" else -1)
+        assert busy[gpu] <= 1, events
+        most = max(most, sum(busy.values()))
+    assert most == 2  # side by side
+    assert sorted(open(f).read().split("gpu ")[1].strip() for f in logs) == ["3", "3", "5", "5"]
+    # a failure: the other running command is terminated, the error names the failing one
+    slow = [sys.executable, "-c", "import time; time.sleep(30)"]
+    fail = [sys.executable, "-c", "import sys; print('broken input'); sys.exit(3)"]
+    start = time.time()
+    with pytest.raises(CommandFailed, match=r"(?s)failed \(exit 3\).*broken input"):
+        run_side_by_side([slow, fail], [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], gpus=["0", "1"],
+                         poll_s=0.05)
+    assert time.time() - start < 20

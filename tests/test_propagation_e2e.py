@@ -11,7 +11,6 @@ written.
 """
 import json
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 

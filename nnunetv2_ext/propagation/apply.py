@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch

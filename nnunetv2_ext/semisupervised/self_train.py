@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from nnunetv2_ext.semisupervised.selection import check_selection
 from nnunetv2_ext.semisupervised.unlabelled import UNLABELLED_IMAGES
 from nnunetv2_ext.semisupervised.consensus import check_level
 from nnunetv2_ext.io_atomic import OutputFolderError, check_work_folder, mark_folder
+from nnunetv2_ext.pipeline import CommandFailed, run_side_by_side
 
 STATE_NAME = "self_train_state.json"
 
@@ -223,41 +223,20 @@ class SelfTrainRunner:
         os.replace(tmp, self.state_file)
 
     def _run(self, commands: Sequence[List[str]], name: str, gpus: Sequence[str] = ()) -> None:
-        """Runs commands (side by side, one per GPU, when ``gpus``), logging to WORK/logs/name*.log."""
+        """Runs commands (side by side, one per GPU, when ``gpus``: :func:`nnunetv2_ext.pipeline.run_side_by_side`),
+        logging to WORK/logs/name*.log."""
         for cmd in commands:
             self._say("$ " + " ".join(cmd))
         if self.dry_run:
             return
         os.makedirs(join(self.work, "logs"), exist_ok=True)
-        pending = list(enumerate(commands))
-        slots = list(gpus) or [None]
-        running: List[Tuple[subprocess.Popen, str, List[str], Optional[str]]] = []
+        logs = [join(self.work, "logs", f"{name}_{i}.log" if len(commands) > 1 else f"{name}.log")
+                for i in range(len(commands))]
         t0 = time.time()
-        while pending or running:
-            while pending and len(running) < len(slots):
-                i, cmd = pending.pop(0)
-                free = [g for g in slots if g not in {r[3] for r in running}][0]
-                env = dict(os.environ)
-                if free is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = str(free)
-                log_path = join(self.work, "logs", f"{name}_{i}.log" if len(commands) > 1 else f"{name}.log")
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(f"\n$ {' '.join(cmd)}\n")
-                    log.flush()
-                    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-                running.append((proc, log_path, cmd, free))
-            for item in list(running):
-                proc, log_path, cmd, _ = item
-                if proc.poll() is None:
-                    continue
-                running.remove(item)
-                if proc.returncode != 0:
-                    for other in running:
-                        other[0].terminate()
-                    with open(log_path, encoding="utf-8", errors="replace") as f:
-                        tail = f.read()[-3000:]
-                    raise StepFailed(f"{' '.join(cmd)} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
-            time.sleep(0.2)
+        try:
+            run_side_by_side(commands, logs, gpus)
+        except CommandFailed as e:
+            raise StepFailed(str(e)) from None
         self._say(f"  ({time.time() - t0:.0f} s)")
 
     # ------------------------------------------------------------------ steps
