@@ -401,3 +401,12 @@ def test_step_p_trains_stage1_alone():
     value.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.stage1.parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.stage2.parameters())
+
+
+def test_multi_scale_stage1_in_3d_and_its_encoder_transfers():
+    from nnunetv2_ext.cascade.blocks import MultiScaleUNet, transfer_encoder_weights
+    torch.manual_seed(0)
+    stage1 = MultiScaleUNet(DualBranchEncoder(_unet(3).encoder, 1), 2, [1, 1, 1])
+    assert stage1(torch.randn(1, 1, *_patch(3))).shape == (1, 2, *_patch(3))
+    stage2_encoder = DualBranchEncoder(truncate_encoder(_unet(3).encoder, 3), 1)
+    assert transfer_encoder_weights(stage1.encoder, stage2_encoder) == len(stage2_encoder.state_dict())
