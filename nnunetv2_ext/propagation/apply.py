@@ -62,6 +62,19 @@ def input_cases(folder: str, ending: str, channels: int) -> List[Tuple[str, List
     return list(zip(ids, lists))
 
 
+def _image_shape(reader, files: Sequence[str]) -> tuple:
+    """(Z, Y, X) of a case as the dataset's reader returns it: from the header alone for nnU-Net's SimpleITK reader,
+    else by reading the image."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    if type(reader) is SimpleITKIO:
+        import SimpleITK as sitk
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        info.ReadImageInformation()
+        return tuple(info.GetSize()[::-1])
+    return tuple(reader.read_images(files)[0].shape[1:])
+
+
 def propagate_cases(input_folder: str, output_folder: str, model_folder: str, folds, propagation_models: Sequence[str],
                     k: int = 5, keep: int = 2, device: str = "cpu", use_mirroring: bool = True,
                     checkpoint: str = "checkpoint_final.pth", log: Callable[[str], None] = print) -> List[dict]:
@@ -84,7 +97,7 @@ def propagate_cases(input_folder: str, output_folder: str, model_folder: str, fo
     reader = dataset_reader(dataset_json, cases[0][1][0])
     shapes = {}
     for case, files in cases:  # every case's slice count before anything is predicted or written
-        shapes[case] = reader.read_images(files)[0].shape[1:]
+        shapes[case] = _image_shape(reader, files)
         try:
             uniform_slices(int(shapes[case][0]), k)
         except ValueError as e:
