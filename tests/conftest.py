@@ -53,6 +53,18 @@ CMD_TIMEOUT_MARGIN = 30
 _command_deadline = None  # time.monotonic() by which the running test's commands must end (None: no limit)
 
 
+#: the longest test modules, started first so that the two test workers of run_tests.sh finish together (xdist's
+#: --dist loadfile hands out whole files in collection order; a long file collected last alone sets the suite's end)
+LONGEST_FIRST = ("test_semisupervised_e2e.py", "test_cascade_e2e.py", "test_pnss_hess_e2e.py", "test_benchmark.py",
+                 "test_coarse_to_fine_e2e.py", "test_loss_trainers.py", "test_hard_pretrain.py", "test_recipe.py",
+                 "test_cps_e2e.py", "test_slice_position_e2e.py", "test_propagation_e2e.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module's own order is kept
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_timeout_set_timer(item, settings):
     """pytest-timeout starts its timer for a test (set-up included): commands must end CMD_TIMEOUT_MARGIN s (at most a

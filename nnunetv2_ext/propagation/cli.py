@@ -26,16 +26,16 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-d", "--dataset", required=True, help="raw dataset id or name (imagesTr/labelsTr volumes)")
     p.add_argument("-l", "--label", required=True, help="the dataset.json label name the network propagates")
     p.add_argument("-o", "--output", required=True, help="model file to write (.pth)")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
+    p.add_argument("--batch", type=int, default=4, help="clips per iteration (default 4)")
     p.add_argument("--patch", type=int, nargs=2, default=None, help="in-plane training patch (multiples of 8; "
                    "default: the largest that fits every case, at most 256)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, poly-decayed (default 1e-3)")
     p.add_argument("--width", type=int, default=16, help="features of the first encoder stage")
     p.add_argument("--max-skip", type=int, default=3, help="largest slice gap inside a training clip")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the weights and the clip sampling (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
-    p.add_argument("-device", "--device", default="cuda", choices=("cpu", "cuda", "mps"))
+    p.add_argument("-device", "--device", default="cuda", choices=("cpu", "cuda", "mps"), help="as nnUNetv2_train")
     a = p.parse_args(argv)
     from nnunetv2_ext.propagation.training import train_propagation
     try:
@@ -55,18 +55,18 @@ def propagate_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-o", "--output", required=True, help="output folder (nnU-Net prediction files)")
     p.add_argument("-d", "--dataset", required=True, help="dataset of the reference model")
     p.add_argument("-c", "--configuration", default="2d", help="the reference model's configuration (2D)")
-    p.add_argument("-tr", "--trainer", default="nnUNetTrainer")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="the reference model's trainer")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="the reference model's plans identifier")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds of the reference model (default: all "
                    "found)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint of the reference model")
     p.add_argument("-pm", "--propagation-models", nargs="+", required=True,
                    help="model files of nnUNetv2_ext_train_propagation, one per label")
     p.add_argument("-k", type=int, default=5, help="slices the reference model segments per case (default 5)")
     p.add_argument("--keep", type=int, default=2, help="reference masks kept per label: the largest (default 2)")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring in the reference model")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder this command wrote")
-    p.add_argument("-device", "--device", default="cuda", choices=("cpu", "cuda", "mps"))
+    p.add_argument("-device", "--device", default="cuda", choices=("cpu", "cuda", "mps"), help="as nnUNetv2_predict")
     a = p.parse_args(argv)
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
