@@ -204,6 +204,15 @@ class KillDuringEpoch:
 """
 
 
+def semisupervised_phantom(dataset_id: int, raw_folder) -> pathlib.Path:
+    """The semi-supervised phantom (6 labelled, 6 unlabelled in imagesUnlabeled/, 2 test cases; 24 x 48 x 48),
+    planned and preprocessed for 2d; returns its raw folder."""
+    from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
+    raw = pathlib.Path(write_semisupervised_phantom(dataset_id, 6, 6, 2, str(raw_folder), shape=(24, 48, 48)))
+    plan_and_preprocess(dataset_id, ["2d"])
+    return raw
+
+
 def write_organ_free_image(template_file, out_file, value: float = -80) -> None:
     """A volume of ``template_file``'s geometry holding only ``value`` (body fat, no organ) at ``out_file``."""
     import numpy as np

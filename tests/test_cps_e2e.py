@@ -8,7 +8,6 @@ model shared as a zip predicts the same, and a dataset without unlabelled cases 
 written.
 """
 import os
-import pathlib
 import re
 import signal
 
@@ -18,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import (KILL_DURING_EPOCH, check_killed_and_resumed, export_install_predict, make_trainer,
-                      plan_and_preprocess, run_cmd, run_process, user_trainers)
+                      semisupervised_phantom, run_cmd, run_process, user_trainers)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +38,7 @@ def trainer_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def semi_phantom(nnunet_dirs):
-    from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
-    raw = pathlib.Path(write_semisupervised_phantom(LABELLED_ID, 6, 6, 2, str(nnunet_dirs["nnUNet_raw"]),
-                                                    shape=(24, 48, 48)))
-    plan_and_preprocess(LABELLED_ID, ["2d"])
-    return raw
+    return semisupervised_phantom(LABELLED_ID, nnunet_dirs["nnUNet_raw"])
 
 
 # ------------------------------------------------------------------------------------------------ CPS

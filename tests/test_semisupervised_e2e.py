@@ -11,12 +11,11 @@ and preprocessed once, then:
 - the CPS trainer alone (crash, ``--c``, prediction): ``test_cps_e2e.py``.
 """
 import json
-import pathlib
 import signal
 
 import pytest
 
-from conftest import plan_and_preprocess, run_cmd, run_until_then_kill
+from conftest import run_cmd, run_until_then_kill, semisupervised_phantom
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +26,7 @@ SELF_TRAIN_TRAINER = "nnUNetTrainerCPSTinySeeded"
 
 @pytest.fixture(scope="module")
 def semi_phantom(nnunet_dirs):
-    from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
-    raw = pathlib.Path(write_semisupervised_phantom(LABELLED_ID, 6, 6, 2, str(nnunet_dirs["nnUNet_raw"]),
-                                                    shape=(24, 48, 48)))
-    plan_and_preprocess(LABELLED_ID, ["2d"])
-    return raw
+    return semisupervised_phantom(LABELLED_ID, nnunet_dirs["nnUNet_raw"])
 
 
 # ------------------------------------------------------------------------------------------------ self-training
