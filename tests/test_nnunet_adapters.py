@@ -154,3 +154,26 @@ def test_trainer_sets_the_learning_rate_through_the_scheduler_at_each_epoch_star
     assert "lr_scheduler" in inspect.getsource(nnUNetTrainer.configure_optimizers)
     scheduler = PolyLRScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01), 0.01, 10)
     assert hasattr(scheduler, "ctr") and scheduler.optimizer.param_groups[0]["lr"] == 0.01
+
+
+# ---------------------------------------------------------------- progress_plot.py
+def test_on_epoch_end_plots_through_the_logger_before_counting_the_epoch():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    source = _source(nnUNetTrainer.on_epoch_end)
+    plot = source.index("self.logger.plot_progress_png(self.output_folder)")
+    assert plot < source.index("self.current_epoch += 1")
+    assert "self.logger = " in _source(nnUNetTrainer.__init__)
+
+
+def test_progress_plot_drawn_at_the_last_epoch_only():
+    from types import SimpleNamespace
+
+    from nnunetv2_ext.nnunet_adapters.progress_plot import plot_progress_at_last_epoch_only
+    drawn = []
+    trainer = SimpleNamespace(num_epochs=3, current_epoch=0,
+                              logger=SimpleNamespace(plot_progress_png=lambda folder: drawn.append(folder)))
+    plot_progress_at_last_epoch_only(trainer)
+    for epoch in range(3):
+        trainer.current_epoch = epoch
+        trainer.logger.plot_progress_png(f"after epoch {epoch}")
+    assert drawn == ["after epoch 2"]

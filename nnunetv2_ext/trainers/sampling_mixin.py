@@ -41,6 +41,8 @@ LEGACY_ATTRIBUTES = ("pnss_enabled", "pnss_alpha", "pnss_beta", "pnss_r_min", "h
 
 class PNSSHESSMixin(SamplingStateMixin):
     sampling: SamplingParameters = SamplingParameters()
+    #: sampling_progress.png after every epoch (the tiny test trainers draw it after the last epoch only)
+    plot_progress_every_epoch = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -165,7 +167,8 @@ class PNSSHESSMixin(SamplingStateMixin):
         super().on_epoch_end()
         if self.local_rank == 0:
             write_sampling_log(self.controller.records, self.output_folder)
-            plot_sampling_progress(self.controller.records, self.output_folder)
+            if self.plot_progress_every_epoch or self.current_epoch >= self.num_epochs:
+                plot_sampling_progress(self.controller.records, self.output_folder)
 
     def on_train_end(self):
         super().on_train_end()  # nnU-Net stops only its own augmenter types; ours is stopped here

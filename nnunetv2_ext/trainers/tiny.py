@@ -18,6 +18,8 @@ import torch
 
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunetv2_ext.nnunet_adapters.progress_plot import plot_progress_at_last_epoch_only
+
 
 def shrink_features(features_per_stage, divisor: int, max_features: int) -> list:
     """Channels per stage divided by ``divisor`` and capped at ``max_features`` (at least 4)."""
@@ -31,6 +33,9 @@ class TinyTrainingMixin:
     tiny_batch_size = 4
     tiny_feature_divisor = 2
     tiny_max_features = 64
+    #: progress plots (nnU-Net's progress.png, PNSS/HESS's sampling_progress.png) drawn after the last epoch only:
+    #: matplotlib takes about 0.9 s per plot, as long as a tiny epoch (nnunet_adapters.progress_plot)
+    plot_progress_every_epoch = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -40,6 +45,8 @@ class TinyTrainingMixin:
         self.num_iterations_per_epoch = self.tiny_iterations_per_epoch
         self.num_val_iterations_per_epoch = self.tiny_val_iterations_per_epoch
         self.save_every = 1  # so that --c has a checkpoint_latest.pth to resume from after every epoch
+        if not self.plot_progress_every_epoch:
+            plot_progress_at_last_epoch_only(self)
         # nnUNetv2_train -device cpu sets torch.set_num_threads(cpu_count); on a shared 2-core machine with busy
         # augmentation workers that made validation ~8x slower (107 s vs 13 s measured), so OMP_NUM_THREADS wins
         if os.environ.get("OMP_NUM_THREADS", "").isdigit() and self.device.type == "cpu":
