@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Reference model on every slice vs k reference slices + mask propagation, on held-out phantom volumes, over seeds
+(issue 19, item 4; Pham et al. §2.2).
+
+    python scripts/propagation_evidence.py WORK_ROOT                # all steps; resumes what is done
+    python scripts/propagation_evidence.py WORK_ROOT --seeds 1 2 3 -k 5 --keep 2
+
+Steps, each through the package's commands and resumable:
+
+1. the phantom (16 training + 8 held-out volumes, 40 x 64 x 64, every 4th case hard) in ``WORK_ROOT/nnUNet_raw``,
+   planned and preprocessed for 2d;
+2. ``nnUNetv2_ext_benchmark`` trains plain nnU-Net (the reference module) per seed at one budget, predicts every
+   slice of the held-out volumes with ``nnUNetv2_predict`` and times it (``WORK_ROOT/benchmark``);
+3. per seed, ``nnUNetv2_ext_train_propagation`` trains the propagation network on the same training volumes (the
+   seed also seeds it), and ``nnUNetv2_ext_propagate`` segments the held-out volumes with the same seed's reference
+   model on k slices + propagation (timed the same way: the command's wall time);
+4. both prediction sets are measured with the benchmark's own evaluation (DSC, worst-10 %, min, HD95, false-positive
+   components); the difference is paired by case with the benchmark's hierarchical bootstrap over cases and seeds.
+
+The table goes to stdout and to ``--report`` (default docs/evidence/propagation_benchmark.md). Run it with nothing
+else on the machine (the times are compared).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PHANTOM_ID = 940
+BUDGET = ["--epochs", "30", "--iterations", "25", "--val-iterations", "5", "--batch", "4", "--width", "16"]
+
+
+def run(cmd, log):
+    print("$", " ".join(map(str, cmd)), flush=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(map(str, cmd)) + "\n")
+        f.flush()
+        t0 = time.time()
+        rc = subprocess.call([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        sys.exit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
+    return time.time() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("work_root")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("-k", type=int, default=5, help="reference slices per volume (nnUNetv2_ext_propagate -k)")
+    p.add_argument("--keep", type=int, default=2, help="reference masks kept (nnUNetv2_ext_propagate --keep)")
+    p.add_argument("--propagation-iterations", type=int, default=600)
+    p.add_argument("--report", default="docs/evidence/propagation_benchmark.md")
+    a = p.parse_args(argv)
+    root = os.path.abspath(a.work_root)
+    env = {k: os.path.join(root, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    os.environ.update(env)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    for folder in env.values():
+        os.makedirs(folder, exist_ok=True)
+    log = os.path.join(root, "propagation_evidence.log")
+
+    from nnunetv2_ext.benchmark.report import evaluate_folder
+    from nnunetv2_ext.benchmark.runs import WorkFolder, plan_runs, prediction_folder, raw_folder
+    from nnunetv2_ext.benchmark.stats import hierarchical_bootstrap_difference, mean_statistic, worst_statistic
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
+
+    raw = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PHANTOM_ID}_")]
+    if not raw:
+        write_phantom_dataset(PHANTOM_ID, PhantomConfig(num_cases=16, num_test=8, dataset_name="PropagationBench"),
+                              env["nnUNet_raw"])
+    if not any(d.startswith(f"Dataset{PHANTOM_ID}_") for d in os.listdir(env["nnUNet_preprocessed"])):
+        run(["nnUNetv2_plan_and_preprocess", "-d", PHANTOM_ID, "-c", "2d", "-np", "1"], log)
+
+    bench = os.path.join(root, "benchmark")
+    bench_args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainer", "-f", "0", "--seeds", *a.seeds, *BUDGET,
+                  "-device", "cpu", "--disable-tta", "-o", bench]
+    run(["nnUNetv2_ext_benchmark", *bench_args], log)  # trains, predicts every slice (timed), writes its report
+
+    work = WorkFolder(bench)
+    cfg = work.load()
+    images = os.path.join(raw_folder(cfg), "imagesTs")
+    labels = os.path.join(raw_folder(cfg), "labelsTs")
+    djson = os.path.join(raw_folder(cfg), "dataset.json")
+    rows = {"every slice": [], f"k = {a.k} + propagation": []}
+    times = {"every slice": [], f"k = {a.k} + propagation": []}
+    fallbacks = []
+    for r in plan_runs(cfg):
+        status = work.status(r)
+        every = prediction_folder(cfg, work, r.name, r.fold, "raw")
+        model = os.path.join(root, f"propagation_organ_s{r.seed}.pth")
+        if not os.path.isfile(model):
+            run(["nnUNetv2_ext_train_propagation", "-d", PHANTOM_ID, "-l", "organ", "-o", model, "--iterations",
+                 a.propagation_iterations, "--seed", r.seed, "-device", "cpu"], log)
+        out = os.path.join(root, f"propagated_s{r.seed}_k{a.k}_keep{a.keep}")
+        timing = out + ".seconds"
+        if not os.path.isfile(timing):
+            seconds = run(["nnUNetv2_ext_propagate", "-i", images, "-o", out, "-d", PHANTOM_ID, "-c", "2d", "-tr",
+                           r.name, "-f", r.fold, "-pm", model, "-k", a.k, "--keep", a.keep, "--disable_tta",
+                           "--overwrite", "-device", "cpu"], log)
+            with open(timing, "w") as f:
+                f.write(str(seconds))
+        with open(timing) as f:
+            times[f"k = {a.k} + propagation"].append(float(f.read()))
+        times["every slice"].append(status["predict_wall_s"])
+        with open(os.path.join(out, "propagation_log.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        fallbacks.append(sum(any(lab["fallback"] for lab in rec["labels"].values()) for rec in records))
+        for name, folder in (("every slice", every), (f"k = {a.k} + propagation", out)):
+            rows[name].append(evaluate_folder(folder, labels, djson)["per_case"])
+
+    cases = sorted(rows["every slice"][0])
+    mats = {n: {m: np.array([[pc[c][m] for c in cases] for pc in per_seed]) for m in ("DSC", "HD95", "fp_components")}
+            for n, per_seed in rows.items()}
+    worst = worst_statistic("DSC")
+    base = mats["every slice"]["DSC"]
+    lines = [f"# Mask propagation vs every slice (phantom {PHANTOM_ID}, {len(cases)} held-out volumes, seeds "
+             f"{a.seeds})", "",
+             f"`python scripts/propagation_evidence.py WORK_ROOT --seeds {' '.join(map(str, a.seeds))} -k {a.k} "
+             f"--keep {a.keep} --propagation-iterations {a.propagation_iterations}`", "",
+             f"Reference model: plain nnU-Net 2d, {' '.join(BUDGET)} (nnUNetv2_ext_benchmark, fold 0, no test-time "
+             f"mirroring). Propagation network: {a.propagation_iterations} iterations per seed, trained on the same "
+             f"16 training volumes. DSC in %, mean over seeds ± seed SD; Δ paired by case, 95 % hierarchical "
+             f"bootstrap over cases and seeds. Times: wall seconds of the whole command on the {len(cases)} volumes "
+             f"(median over seeds).", "",
+             "| prediction | DSC mean ± seed SD | worst-10 % | min | HD95 mm | FP components / case | seconds | "
+             "Δ mean DSC [95 % CI] | Δ worst-10 % [95 % CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in mats.items():
+        dsc = 100 * m["DSC"]
+        per_seed_mean, per_seed_worst = dsc.mean(axis=1), worst(dsc)
+        delta = "–"
+        delta_w = "–"
+        if name != "every slice":
+            d, ci = hierarchical_bootstrap_difference(m["DSC"], base, mean_statistic)
+            dw, ciw = hierarchical_bootstrap_difference(m["DSC"], base, worst)
+            delta = f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+            delta_w = f"{100 * dw:+.1f} [{100 * ciw[0]:+.1f}, {100 * ciw[1]:+.1f}]"
+        lines.append(f"| {name} | {per_seed_mean.mean():.1f} ± {per_seed_mean.std(ddof=1) if len(a.seeds) > 1 else 0:.1f}"
+                     f" | {per_seed_worst.mean():.1f} | {dsc.min(axis=1).mean():.1f} | "
+                     f"{np.nanmean(m['HD95']):.1f} | {np.nanmean(m['fp_components']):.2f} | "
+                     f"{np.median(times[name]):.1f} | {delta} | {delta_w} |")
+    lines += ["", "Mean DSC per seed:", "", "| prediction | " + " | ".join(f"seed {s}" for s in a.seeds) + " |",
+              "|---|" + "---|" * len(a.seeds)]
+    for name, m in mats.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in m["DSC"].mean(axis=1)) + " |")
+    lines += ["", "Per case (DSC %, seeds averaged): " + ", ".join(
+        f"{c} {100 * mats['every slice']['DSC'][:, i].mean():.1f} → "
+        f"{100 * mats[f'k = {a.k} + propagation']['DSC'][:, i].mean():.1f}" for i, c in enumerate(cases)),
+        "", f"Volumes whose propagation fell back to the full prediction (no reference slice showed the organ), per "
+        f"seed: {fallbacks}."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)
+    with open(a.report, "w", encoding="utf-8") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
