@@ -22,7 +22,7 @@ STREAMED = re.compile(r"(: Epoch \d+$|Pseudo dice|Epoch time|PNSS/HESS: r=|Mean 
 
 
 class CommandFailed(RuntimeError):
-    """A command of :func:`run_side_by_side` exited non-zero (the message names it, its exit status and its log's
+    """A command of :func:`run_side_by_side` or :func:`timed_command` exited non-zero (the message names it, its exit status and its log's
     end)."""
 
 
@@ -64,6 +64,21 @@ def run_side_by_side(commands: Sequence[List[str]], log_paths: Sequence[str], gp
                 raise CommandFailed(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}); log {log_path}:\n"
                                     f"{tail}")
         time.sleep(poll_s)
+
+
+def timed_command(cmd: Sequence, log: str) -> float:
+    """Runs ``cmd`` (this interpreter's commands first on PATH), its output appended to ``log`` after a ``$ cmd``
+    line; returns its wall seconds; raises :class:`CommandFailed` naming it and the log when it exits non-zero."""
+    cmd = [str(c) for c in cmd]
+    print("$", " ".join(cmd), flush=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        start = time.time()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=commands_on_path_env())
+    if rc != 0:
+        raise CommandFailed(f"{' '.join(cmd)} exited with {rc}; see {log}")
+    return time.time() - start
 
 
 def commands_on_path_env() -> Dict[str, str]:

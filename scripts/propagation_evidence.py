@@ -25,26 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-
-import numpy as np
 
 PHANTOM_ID = 940
 BUDGET = ["--epochs", "30", "--iterations", "25", "--val-iterations", "5", "--batch", "4", "--width", "16"]
-
-
-def run(cmd, log):
-    print("$", " ".join(map(str, cmd)), flush=True)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("$ " + " ".join(map(str, cmd)) + "\n")
-        f.flush()
-        t0 = time.time()
-        rc = subprocess.call([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
-    if rc != 0:
-        sys.exit(f"failed ({rc}): {' '.join(map(str, cmd))}; see {log}")
-    return time.time() - t0
 
 
 def main(argv=None) -> int:
@@ -64,9 +48,9 @@ def main(argv=None) -> int:
         os.makedirs(folder, exist_ok=True)
     log = os.path.join(root, "propagation_evidence.log")
 
-    from nnunetv2_ext.benchmark.report import evaluate_folder
+    from nnunetv2_ext.pipeline import timed_command as run
+    from nnunetv2_ext.benchmark.arms import arm_matrices, arms_table, per_seed_table
     from nnunetv2_ext.benchmark.runs import WorkFolder, plan_runs, prediction_folder, raw_folder
-    from nnunetv2_ext.benchmark.stats import hierarchical_bootstrap_difference, mean_statistic, worst_statistic
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
 
     raw = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PHANTOM_ID}_")]
@@ -86,12 +70,11 @@ def main(argv=None) -> int:
     images = os.path.join(raw_folder(cfg), "imagesTs")
     labels = os.path.join(raw_folder(cfg), "labelsTs")
     djson = os.path.join(raw_folder(cfg), "dataset.json")
-    rows = {"every slice": [], f"k = {a.k} + propagation": []}
-    times = {"every slice": [], f"k = {a.k} + propagation": []}
+    every_name, prop_name = "every slice", f"k = {a.k} + propagation"
+    folders = {every_name: [], prop_name: []}
+    seconds = {every_name: [], prop_name: []}
     fallbacks = []
     for r in plan_runs(cfg):
-        status = work.status(r)
-        every = prediction_folder(cfg, work, r.name, r.fold, "raw")
         model = os.path.join(root, f"propagation_organ_s{r.seed}.pth")
         if not os.path.isfile(model):
             run(["nnUNetv2_ext_train_propagation", "-d", PHANTOM_ID, "-l", "organ", "-o", model, "--iterations",
@@ -99,25 +82,22 @@ def main(argv=None) -> int:
         out = os.path.join(root, f"propagated_s{r.seed}_k{a.k}_keep{a.keep}")
         timing = out + ".seconds"
         if not os.path.isfile(timing):
-            seconds = run(["nnUNetv2_ext_propagate", "-i", images, "-o", out, "-d", PHANTOM_ID, "-c", "2d", "-tr",
-                           r.name, "-f", r.fold, "-pm", model, "-k", a.k, "--keep", a.keep, "--disable_tta",
-                           "--overwrite", "-device", "cpu"], log)
+            took = run(["nnUNetv2_ext_propagate", "-i", images, "-o", out, "-d", PHANTOM_ID, "-c", "2d", "-tr",
+                        r.name, "-f", r.fold, "-pm", model, "-k", a.k, "--keep", a.keep, "--disable_tta",
+                        "--overwrite", "-device", "cpu"], log)
             with open(timing, "w") as f:
-                f.write(str(seconds))
+                f.write(str(took))
         with open(timing) as f:
-            times[f"k = {a.k} + propagation"].append(float(f.read()))
-        times["every slice"].append(status["predict_wall_s"])
+            seconds[prop_name].append(float(f.read()))
+        seconds[every_name].append(work.status(r)["predict_wall_s"])
         with open(os.path.join(out, "propagation_log.jsonl")) as f:
             records = [json.loads(line) for line in f if line.strip()]
         fallbacks.append(sum(any(lab["fallback"] for lab in rec["labels"].values()) for rec in records))
-        for name, folder in (("every slice", every), (f"k = {a.k} + propagation", out)):
-            rows[name].append(evaluate_folder(folder, labels, djson)["per_case"])
+        folders[every_name].append(prediction_folder(cfg, work, r.name, r.fold, "raw"))
+        folders[prop_name].append(out)
 
-    cases = sorted(rows["every slice"][0])
-    mats = {n: {m: np.array([[pc[c][m] for c in cases] for pc in per_seed]) for m in ("DSC", "HD95", "fp_components")}
-            for n, per_seed in rows.items()}
-    worst = worst_statistic("DSC")
-    base = mats["every slice"]["DSC"]
+    arms = {name: arm_matrices(f, labels, djson) for name, f in folders.items()}
+    cases = list(arms[every_name]["_cases"])
     lines = [f"# Mask propagation vs every slice (phantom {PHANTOM_ID}, {len(cases)} held-out volumes, seeds "
              f"{a.seeds})", "",
              f"`python scripts/propagation_evidence.py WORK_ROOT --seeds {' '.join(map(str, a.seeds))} -k {a.k} "
@@ -125,33 +105,14 @@ def main(argv=None) -> int:
              f"Reference model: plain nnU-Net 2d, {' '.join(BUDGET)} (nnUNetv2_ext_benchmark, fold 0, no test-time "
              f"mirroring). Propagation network: {a.propagation_iterations} iterations per seed, trained on the same "
              f"16 training volumes. DSC in %, mean over seeds ± seed SD; Δ paired by case, 95 % hierarchical "
-             f"bootstrap over cases and seeds. Times: wall seconds of the whole command on the {len(cases)} volumes "
-             f"(median over seeds).", "",
-             "| prediction | DSC mean ± seed SD | worst-10 % | min | HD95 mm | FP components / case | seconds | "
-             "Δ mean DSC [95 % CI] | Δ worst-10 % [95 % CI] |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in mats.items():
-        dsc = 100 * m["DSC"]
-        per_seed_mean, per_seed_worst = dsc.mean(axis=1), worst(dsc)
-        delta = "–"
-        delta_w = "–"
-        if name != "every slice":
-            d, ci = hierarchical_bootstrap_difference(m["DSC"], base, mean_statistic)
-            dw, ciw = hierarchical_bootstrap_difference(m["DSC"], base, worst)
-            delta = f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
-            delta_w = f"{100 * dw:+.1f} [{100 * ciw[0]:+.1f}, {100 * ciw[1]:+.1f}]"
-        lines.append(f"| {name} | {per_seed_mean.mean():.1f} ± {per_seed_mean.std(ddof=1) if len(a.seeds) > 1 else 0:.1f}"
-                     f" | {per_seed_worst.mean():.1f} | {dsc.min(axis=1).mean():.1f} | "
-                     f"{np.nanmean(m['HD95']):.1f} | {np.nanmean(m['fp_components']):.2f} | "
-                     f"{np.median(times[name]):.1f} | {delta} | {delta_w} |")
-    lines += ["", "Mean DSC per seed:", "", "| prediction | " + " | ".join(f"seed {s}" for s in a.seeds) + " |",
-              "|---|" + "---|" * len(a.seeds)]
-    for name, m in mats.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in m["DSC"].mean(axis=1)) + " |")
-    lines += ["", "Per case (DSC %, seeds averaged): " + ", ".join(
-        f"{c} {100 * mats['every slice']['DSC'][:, i].mean():.1f} → "
-        f"{100 * mats[f'k = {a.k} + propagation']['DSC'][:, i].mean():.1f}" for i, c in enumerate(cases)),
-        "", f"Volumes whose propagation fell back to the full prediction (no reference slice showed the organ), per "
-        f"seed: {fallbacks}."]
+             f"bootstrap over cases and seeds. Seconds: wall time of the whole command on the {len(cases)} volumes "
+             f"(nnUNetv2_predict vs nnUNetv2_ext_propagate; median over seeds).", "",
+             arms_table(arms, every_name, seconds), "", "Mean DSC per seed:", "", per_seed_table(arms, a.seeds), "",
+             "Per case (DSC %, seeds averaged): " + ", ".join(
+                 f"{c} {100 * arms[every_name]['DSC'][:, i].mean():.1f} → {100 * arms[prop_name]['DSC'][:, i].mean():.1f}"
+                 for i, c in enumerate(cases)), "",
+             f"Volumes whose propagation fell back to the full prediction (no reference slice showed the organ), per "
+             f"seed: {fallbacks}."]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)

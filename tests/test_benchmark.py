@@ -327,3 +327,28 @@ def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnune
                   .glob("training_log_*.txt")).read_text()
     assert loss(repeat) == loss(log)
     shutil.rmtree(again)
+
+
+def test_arms_table_hand_made():
+    """Arms (a pipeline's predictions per seed, e.g. k slices + propagation) against a baseline arm: seed mean ± SD,
+    worst-10 % (of 10 cases: the single worst), min, missed cases, FP components, the median time, and the paired Δ
+    (identical arms: 0, with an interval around it, since each arm's seeds are resampled on their own)."""
+    from nnunetv2_ext.benchmark.arms import arms_table, per_seed_table
+    cases = np.array([f"c{i}" for i in range(10)])
+    base = {"DSC": np.array([[0.9] * 9 + [0.0], [0.8] * 9 + [0.5]]), "HD95": np.full((2, 10), 2.0),
+            "fp_components": np.array([[1.0] * 10, [0.0] * 10]), "_cases": cases}
+    better = dict(base, DSC=base["DSC"] + np.array([[0.0] * 9 + [0.5], [0.0] * 10]))
+    table = arms_table({"every slice": base, "k = 5": better, "same": dict(base)}, "every slice",
+                       {"every slice": [10.0, 20.0, 12.0], "k = 5": [3.0]}, n_bootstrap=200)
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in table.splitlines()[2:]}
+    # seed means: 0.81 and 0.77 -> 79.0 ± 2.8; worst-10 % of 10 cases = the worst case: 0 and 50 -> 25.0 ± 35.4
+    assert rows["every slice"].startswith("| every slice | 2 | 79.0 ± 2.8 | 25.0 ± 35.4 | 25.0 ± 35.4 | 0.5 ± 0.7 / 10 "
+                                          "| 2.0 ± 0.0 | 0.50 ± 0.71 | 12.0 | – | – |"), rows["every slice"]
+    # k = 5: seed 1's missed case gets 0.5 -> means 0.86 / 0.77; Δ mean +2.5 (0.05 / 2 seeds), Δ worst +25.0
+    assert "| 81.5 ± 6.4 | 50.0 ± 0.0 |" in rows["k = 5"] and "| 3.0 | +2.5 [" in rows["k = 5"]
+    assert "| +25.0 [" in rows["k = 5"]
+    same = re.search(r"\| \+0\.0 \[(-[0-9.]+), \+([0-9.]+)\] \| \+0\.0 \[", rows["same"])
+    assert same and float(same.group(1)) < 0 < float(same.group(2)), rows["same"]
+    assert per_seed_table({"every slice": base}, [1, 2]).splitlines()[2] == "| every slice | 81.0 | 77.0 |"
+    with pytest.raises(ValueError, match="other cases"):
+        arms_table({"every slice": base, "x": dict(base, _cases=cases[::-1])}, "every slice")

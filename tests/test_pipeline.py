@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from nnunetv2_ext.pipeline import comparison_markdown, connected_components, flatten, nnunet_env
@@ -108,3 +109,15 @@ def test_side_by_side_gives_each_running_command_its_own_gpu_and_stops_on_failur
         run_side_by_side([slow, fail], [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], gpus=["0", "1"],
                          poll_s=0.05)
     assert time.time() - start < 20
+
+
+def test_timed_command_logs_times_and_names_a_failure(tmp_path):
+    import sys
+
+    from nnunetv2_ext.pipeline import CommandFailed, timed_command
+    log = tmp_path / "commands.log"
+    seconds = timed_command([sys.executable, "-c", "print('hello')"], str(log))
+    assert 0 < seconds < 60
+    assert log.read_text().splitlines()[1:] == ["hello"] and log.read_text().startswith("$ ")
+    with pytest.raises(CommandFailed, match=r"exited with 3; see .*commands.log"):
+        timed_command([sys.executable, "-c", "import sys; sys.exit(3)"], str(log))

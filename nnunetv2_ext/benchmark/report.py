@@ -14,11 +14,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from nnunetv2_ext.benchmark.arms import paired_delta
 from nnunetv2_ext.benchmark.budget import kept_epochs
-from nnunetv2_ext.benchmark.runs import (BenchmarkConfig, Run, WorkFolder, epoch_kind, plan_runs,
+from nnunetv2_ext.benchmark.runs import (BenchmarkConfig, WorkFolder, epoch_kind, plan_runs,
                                          prediction_folder)
-from nnunetv2_ext.benchmark.stats import (hierarchical_bootstrap_difference, mean_statistic, min_statistic,
-                                          per_seed, worst_statistic)
+from nnunetv2_ext.benchmark.stats import mean_statistic, min_statistic, per_seed, worst_statistic
 
 METRICS = ("DSC", "precision", "recall", "HD95", "NSD")
 HD_PENALTY = "diagonal"
@@ -187,10 +187,8 @@ def trainer_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]], 
             common = [c for c in m["_cases"] if c in set(b["_cases"])]
             ia = [m["_cases"].index(c) for c in common]
             ib = [b["_cases"].index(c) for c in common]
-            d, ci = hierarchical_bootstrap_difference(dsc[:, ia], b["DSC"][:, ib], mean_statistic, n_bootstrap)
-            dw, ciw = hierarchical_bootstrap_difference(dsc[:, ia], b["DSC"][:, ib], worst, n_bootstrap)
-            delta = f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
-            dworst = f"{100 * dw:+.1f} [{100 * ciw[0]:+.1f}, {100 * ciw[1]:+.1f}]"
+            delta = paired_delta(dsc[:, ia], b["DSC"][:, ib], mean_statistic, n_bootstrap)
+            dworst = paired_delta(dsc[:, ia], b["DSC"][:, ib], worst, n_bootstrap)
         rows.append(
             f"| {t} | {len(m['_seeds'])} | {_fmt_seed(per_seed(dsc, mean_statistic))} | "
             f"{_fmt_seed(per_seed(dsc, worst))} | {_fmt_seed(per_seed(dsc, min_statistic))} | "
