@@ -2,7 +2,7 @@
 # Cascade tumour variant on the lesion phantom, seeded, through nnUNetv2_ext_benchmark (issue 17 item 3, issue 18
 # items 4 and 7): plain nnU-Net, the cascade, the cascade with the transfer step T, the dual-branch stage 2 and the
 # paper's configuration (multi-scale stage 1 + dual-branch stage 2 + T), 3 seeds, the tumour label measured.
-# Replaces the single runs of scripts/cascade_evidence.py.
+# Replaced the single unseeded runs of the retired scripts/cascade_evidence.py.
 #
 #   bash scripts/cascade_benchmark.sh WORK_ROOT [extra benchmark arguments, e.g. --run-index 3 or --collect]
 #
@@ -18,7 +18,7 @@ mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
 PY=${PYTHON:-.venv/bin/python}
 BIN=$(dirname "$PY")
 if [ ! -d "$nnUNet_raw/Dataset930_CascadeBench" ]; then
-  # the lesion phantom of scripts/cascade_evidence.py: 16 training + 8 held-out cases, 24 x 48 x 48, every 4th hard
+  # the lesion phantom: 16 training + 8 held-out cases, 24 x 48 x 48, every 4th hard
   "$PY" -c "
 from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
 write_phantom_dataset(930, PhantomConfig(num_cases=16, num_test=8, shape=(24, 48, 48), lesions=True,
