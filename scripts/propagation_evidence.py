@@ -41,16 +41,12 @@ def main(argv=None) -> int:
     p.add_argument("--report", default="docs/evidence/propagation_benchmark.md")
     a = p.parse_args(argv)
     root = os.path.abspath(a.work_root)
-    env = {k: os.path.join(root, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    os.environ.update(env)
-    os.environ.setdefault("nnUNet_n_proc_DA", "2")
-    for folder in env.values():
-        os.makedirs(folder, exist_ok=True)
+    from nnunetv2_ext.benchmark.arms import arm_matrices, arms_table, per_seed_table, use_work_root, write_report
+    from nnunetv2_ext.benchmark.runs import WorkFolder, plan_runs, prediction_folder, raw_folder
+    from nnunetv2_ext.pipeline import timed_command as run
+    env = use_work_root(root)
     log = os.path.join(root, "propagation_evidence.log")
 
-    from nnunetv2_ext.pipeline import timed_command as run
-    from nnunetv2_ext.benchmark.arms import arm_matrices, arms_table, per_seed_table
-    from nnunetv2_ext.benchmark.runs import WorkFolder, plan_runs, prediction_folder, raw_folder
     from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
 
     raw = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PHANTOM_ID}_")]
@@ -113,11 +109,7 @@ def main(argv=None) -> int:
                  for i, c in enumerate(cases)), "",
              f"Volumes whose propagation fell back to the full prediction (no reference slice showed the organ), per "
              f"seed: {fallbacks}."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)
-    with open(a.report, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_report(lines, a.report)
     return 0
 
 

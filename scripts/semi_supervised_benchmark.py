@@ -43,17 +43,12 @@ def main(argv=None) -> int:
     if any(s < 1 or s > 50 for s in a.seeds):
         p.error("--seeds must be in 1..50 (seed s writes the loop's dataset 945 + s)")
     root = os.path.abspath(a.work_root)
-    env = {k: os.path.join(root, k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    os.environ.update(env)
-    os.environ.setdefault("nnUNet_n_proc_DA", "2")
-    for folder in env.values():
-        os.makedirs(folder, exist_ok=True)
-    log = os.path.join(root, "semi_supervised_benchmark.log")
-
-    from nnunetv2_ext.pipeline import timed_command as run
-    from nnunetv2_ext.benchmark.arms import arm_matrices, arms_table, per_seed_table
+    from nnunetv2_ext.benchmark.arms import arm_matrices, arms_table, per_seed_table, use_work_root, write_report
     from nnunetv2_ext.benchmark.runs import WorkFolder, plan_runs, prediction_folder, raw_folder
+    from nnunetv2_ext.pipeline import timed_command as run
     from nnunetv2_ext.semisupervised.phantom import write_semisupervised_phantom
+    env = use_work_root(root)
+    log = os.path.join(root, "semi_supervised_benchmark.log")
 
     if not any(d.startswith(f"Dataset{LABELLED_ID}_") for d in os.listdir(env["nnUNet_raw"])):
         write_semisupervised_phantom(LABELLED_ID, 8, 32, 12, env["nnUNet_raw"], dataset_name="SemiBench",
@@ -112,11 +107,7 @@ def main(argv=None) -> int:
              f"Seconds: nnUNetv2_predict's wall time on the held-out cases (median over seeds).", "",
              arms_table(arms, "nnUNetTrainer", seconds), "", "Mean DSC per seed:", "",
              per_seed_table(arms, a.seeds)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)
-    with open(a.report, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_report(lines, a.report)
     return 0
 
 

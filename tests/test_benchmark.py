@@ -352,3 +352,15 @@ def test_arms_table_hand_made():
     assert per_seed_table({"every slice": base}, [1, 2]).splitlines()[2] == "| every slice | 81.0 | 77.0 |"
     with pytest.raises(ValueError, match="other cases"):
         arms_table({"every slice": base, "x": dict(base, _cases=cases[::-1])}, "every slice")
+
+
+def test_evidence_script_helpers(tmp_path, monkeypatch, capsys):
+    from nnunetv2_ext.benchmark.arms import use_work_root, write_report
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
+        monkeypatch.setenv(k, "x")  # recorded, so that the values use_work_root sets are undone afterwards
+        monkeypatch.delenv(k)
+    folders = use_work_root(str(tmp_path / "root"))
+    assert folders["nnUNet_raw"] == str(tmp_path / "root" / "nnUNet_raw") == os.environ["nnUNet_raw"]
+    assert all(os.path.isdir(f) for f in folders.values()) and os.environ["nnUNet_n_proc_DA"] == "2"
+    write_report(["# title", "", "| a |"], str(tmp_path / "docs" / "r.md"))
+    assert (tmp_path / "docs" / "r.md").read_text() == "# title\n\n| a |\n" and "# title" in capsys.readouterr().out

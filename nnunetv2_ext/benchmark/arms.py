@@ -9,6 +9,7 @@ hierarchical bootstrap over cases and seeds.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from nnunetv2_ext.benchmark.stats import (hierarchical_bootstrap_difference, mea
                                           worst_statistic)
 
 Arm = Dict[str, np.ndarray]
+NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 ARM_METRICS = ("DSC", "HD95", "fp_components")
 
 
@@ -79,3 +81,23 @@ def per_seed_table(arms: Mapping[str, Arm], seeds: Sequence[int]) -> str:
     for name, arm in arms.items():
         rows.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in arm["DSC"].mean(axis=1)) + " |")
     return "\n".join(rows)
+
+
+def use_work_root(root: str) -> Dict[str, str]:
+    """An evidence script's own nnU-Net folders: ``root/nnUNet_raw`` etc. created and set in ``os.environ`` (so that
+    the commands it runs use them), two augmentation workers unless set; returns them."""
+    folders = {k: os.path.join(os.path.abspath(root), k) for k in NNUNET_FOLDERS}
+    for folder in folders.values():
+        os.makedirs(folder, exist_ok=True)
+    os.environ.update(folders)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    return folders
+
+
+def write_report(lines: Sequence[str], path: str) -> None:
+    """Prints the markdown ``lines`` and writes them to ``path`` (its folder created)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
