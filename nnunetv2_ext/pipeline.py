@@ -22,8 +22,8 @@ STREAMED = re.compile(r"(: Epoch \d+$|Pseudo dice|Epoch time|PNSS/HESS: r=|Mean 
 
 
 class CommandFailed(RuntimeError):
-    """A command of :func:`run_side_by_side` or :func:`timed_command` exited non-zero (the message names it, its exit status and its log's
-    end)."""
+    """A command of :func:`run_side_by_side` or :func:`timed_command` exited non-zero. The message names the command,
+    its exit status and its log (:func:`run_side_by_side` also quotes the log's end)."""
 
 
 def run_side_by_side(commands: Sequence[List[str]], log_paths: Sequence[str], gpus: Sequence[str] = (),

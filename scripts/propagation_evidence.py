@@ -43,14 +43,12 @@ def main(argv=None) -> int:
     root = os.path.abspath(a.work_root)
     from nnunetv2_ext.benchmark.arms import arm_matrices, arms_table, per_seed_table, use_work_root, write_report
     from nnunetv2_ext.benchmark.runs import WorkFolder, plan_runs, prediction_folder, raw_folder
+    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
     from nnunetv2_ext.pipeline import timed_command as run
     env = use_work_root(root)
     log = os.path.join(root, "propagation_evidence.log")
 
-    from nnunetv2_ext.phantom import PhantomConfig, write_phantom_dataset
-
-    raw = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{PHANTOM_ID}_")]
-    if not raw:
+    if not any(d.startswith(f"Dataset{PHANTOM_ID}_") for d in os.listdir(env["nnUNet_raw"])):
         write_phantom_dataset(PHANTOM_ID, PhantomConfig(num_cases=16, num_test=8, dataset_name="PropagationBench"),
                               env["nnUNet_raw"])
     if not any(d.startswith(f"Dataset{PHANTOM_ID}_") for d in os.listdir(env["nnUNet_preprocessed"])):
@@ -71,11 +69,12 @@ def main(argv=None) -> int:
     seconds = {every_name: [], prop_name: []}
     fallbacks = []
     for r in plan_runs(cfg):
-        model = os.path.join(root, f"propagation_organ_s{r.seed}.pth")
+        # the settings are in the file names: other settings train and propagate anew, never reuse these
+        model = os.path.join(root, f"propagation_organ_i{a.propagation_iterations}_s{r.seed}.pth")
         if not os.path.isfile(model):
             run(["nnUNetv2_ext_train_propagation", "-d", PHANTOM_ID, "-l", "organ", "-o", model, "--iterations",
                  a.propagation_iterations, "--seed", r.seed, "-device", "cpu"], log)
-        out = os.path.join(root, f"propagated_s{r.seed}_k{a.k}_keep{a.keep}")
+        out = os.path.join(root, f"propagated_i{a.propagation_iterations}_s{r.seed}_k{a.k}_keep{a.keep}")
         timing = out + ".seconds"
         if not os.path.isfile(timing):
             took = run(["nnUNetv2_ext_propagate", "-i", images, "-o", out, "-d", PHANTOM_ID, "-c", "2d", "-tr",

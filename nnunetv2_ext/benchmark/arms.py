@@ -14,7 +14,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from nnunetv2_ext.benchmark.stats import (hierarchical_bootstrap_difference, mean_statistic, min_statistic, per_seed,
+from nnunetv2_ext.benchmark.report import evaluate_folder
+from nnunetv2_ext.benchmark.stats import (mean_statistic, min_statistic, paired_delta, per_seed, seed_text,
                                           worst_statistic)
 
 Arm = Dict[str, np.ndarray]
@@ -26,7 +27,6 @@ def arm_matrices(folders: Sequence[str], reference: str, dataset_json_file: str,
                  num_processes: int = 1) -> Arm:
     """{metric: (seeds, cases)} from one prediction folder per seed, cases in sorted order; every folder must hold
     the same cases."""
-    from nnunetv2_ext.benchmark.report import evaluate_folder
     per_seed_cases = [evaluate_folder(f, reference, dataset_json_file, num_processes, label)["per_case"]
                       for f in folders]
     cases = sorted(per_seed_cases[0])
@@ -36,18 +36,6 @@ def arm_matrices(folders: Sequence[str], reference: str, dataset_json_file: str,
     arm = {m: np.array([[pc[c][m] for c in cases] for pc in per_seed_cases], dtype=float) for m in ARM_METRICS}
     arm["_cases"] = np.array(cases)
     return arm
-
-
-def paired_delta(values: np.ndarray, baseline: np.ndarray, statistic, n_bootstrap: int = 2000) -> str:
-    """``+d [lo, hi]`` in percent points: the seed-averaged statistic of ``values`` minus ``baseline``'s, both
-    (seeds, cases) over the same cases, with the hierarchical bootstrap's 95 % interval."""
-    d, ci = hierarchical_bootstrap_difference(values, baseline, statistic, n_bootstrap)
-    return f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
-
-
-def _seed_text(values: np.ndarray, digits: int = 1) -> str:
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.{digits}f}" + (f" ± {values.std(ddof=1):.{digits}f}" if values.size > 1 else "")
 
 
 def arms_table(arms: Mapping[str, Arm], baseline: str, seconds: Optional[Mapping[str, List[float]]] = None,
@@ -67,11 +55,11 @@ def arms_table(arms: Mapping[str, Arm], baseline: str, seconds: Optional[Mapping
             delta = paired_delta(dsc, base, mean_statistic, n_bootstrap)
             dworst = paired_delta(dsc, base, worst, n_bootstrap)
         time_text = f"{np.median(seconds[name]):.1f}" if seconds and seconds.get(name) else "–"
-        rows.append(f"| {name} | {dsc.shape[0]} | {_seed_text(100 * per_seed(dsc, mean_statistic))} | "
-                    f"{_seed_text(100 * per_seed(dsc, worst))} | {_seed_text(100 * per_seed(dsc, min_statistic))} | "
-                    f"{_seed_text((dsc == 0).sum(axis=1))} / {dsc.shape[1]} | "
-                    f"{_seed_text(np.nanmean(arm['HD95'], axis=1))} | "
-                    f"{_seed_text(np.nanmean(arm['fp_components'], axis=1), 2)} | {time_text} | {delta} | {dworst} |")
+        rows.append(f"| {name} | {dsc.shape[0]} | {seed_text(per_seed(dsc, mean_statistic))} | "
+                    f"{seed_text(per_seed(dsc, worst))} | {seed_text(per_seed(dsc, min_statistic))} | "
+                    f"{seed_text((dsc == 0).sum(axis=1), scale=1)} / {dsc.shape[1]} | "
+                    f"{seed_text(np.nanmean(arm['HD95'], axis=1), scale=1)} | "
+                    f"{seed_text(np.nanmean(arm['fp_components'], axis=1), scale=1, digits=2)} | {time_text} | {delta} | {dworst} |")
     return "\n".join(rows)
 
 

@@ -14,11 +14,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from nnunetv2_ext.benchmark.arms import paired_delta
 from nnunetv2_ext.benchmark.budget import kept_epochs
 from nnunetv2_ext.benchmark.runs import (BenchmarkConfig, WorkFolder, epoch_kind, plan_runs,
                                          prediction_folder)
-from nnunetv2_ext.benchmark.stats import mean_statistic, min_statistic, per_seed, worst_statistic
+from nnunetv2_ext.benchmark.stats import (mean_statistic, min_statistic, paired_delta, per_seed, seed_text,
+                                          worst_statistic)
 
 METRICS = ("DSC", "precision", "recall", "HD95", "NSD")
 HD_PENALTY = "diagonal"
@@ -135,12 +135,6 @@ def collect_matrices(cfg: BenchmarkConfig, work: WorkFolder, kind: str, dataset_
     return out
 
 
-def _fmt_seed(values: np.ndarray, scale: float = 100.0, digits: int = 1) -> str:
-    v = np.asarray(values, dtype=float) * scale
-    sd = f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else ""
-    return f"{v.mean():.{digits}f}{sd}"
-
-
 def run_times(cfg: BenchmarkConfig, work: WorkFolder) -> Dict[str, Dict[str, float]]:
     """Median seconds per training iteration and mean prediction wall time of each trainer's finished runs."""
     out: Dict[str, Dict[str, List[float]]] = {}
@@ -174,7 +168,7 @@ def trainer_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]], 
         dsc = m["DSC"]
         prec = [np.asarray(p, dtype=float) for p in m["precision"]]
         n_empty = int(sum(np.isnan(p).sum() for p in prec))
-        prec_txt = _fmt_seed(np.array([np.nanmean(p) for p in prec])) + (f" ({n_empty} empty)" if n_empty else "")
+        prec_txt = seed_text(np.array([np.nanmean(p) for p in prec])) + (f" ({n_empty} empty)" if n_empty else "")
         hd = per_seed(m["HD95"], mean_statistic)
         tt = times.get(t, {})
         ratio = lambda a, b: f" ({a / b:.2f}×)" if b and b == b and a == a else ""  # noqa: E731
@@ -190,12 +184,12 @@ def trainer_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndarray]], 
             delta = paired_delta(dsc[:, ia], b["DSC"][:, ib], mean_statistic, n_bootstrap)
             dworst = paired_delta(dsc[:, ia], b["DSC"][:, ib], worst, n_bootstrap)
         rows.append(
-            f"| {t} | {len(m['_seeds'])} | {_fmt_seed(per_seed(dsc, mean_statistic))} | "
-            f"{_fmt_seed(per_seed(dsc, worst))} | {_fmt_seed(per_seed(dsc, min_statistic))} | "
-            f"{_fmt_seed((dsc == 0).sum(axis=1), scale=1, digits=1)} / {dsc.shape[1]} | {prec_txt} | "
-            f"{_fmt_seed(per_seed(m['recall'], mean_statistic))} | {_fmt_seed(hd, scale=1)} | "
-            f"{_fmt_seed(per_seed(m['NSD'], mean_statistic))} | "
-            f"{_fmt_seed(per_seed(m['components'], mean_statistic), scale=1)} | {it_txt} | {pred_txt} | {delta} | "
+            f"| {t} | {len(m['_seeds'])} | {seed_text(per_seed(dsc, mean_statistic))} | "
+            f"{seed_text(per_seed(dsc, worst))} | {seed_text(per_seed(dsc, min_statistic))} | "
+            f"{seed_text((dsc == 0).sum(axis=1), scale=1, digits=1)} / {dsc.shape[1]} | {prec_txt} | "
+            f"{seed_text(per_seed(m['recall'], mean_statistic))} | {seed_text(hd, scale=1)} | "
+            f"{seed_text(per_seed(m['NSD'], mean_statistic))} | "
+            f"{seed_text(per_seed(m['components'], mean_statistic), scale=1)} | {it_txt} | {pred_txt} | {delta} | "
             f"{dworst} |")
     return "\n".join(rows)
 
@@ -209,13 +203,13 @@ def false_positive_table(cfg: BenchmarkConfig, mats: Dict[str, Dict[str, np.ndar
             continue
         m = mats[t]
         if np.isnan(m["fp_components"]).all():
-            rows.append(f"| {t} | {_fmt_seed(per_seed(m['components'], mean_statistic), scale=1)} | not recorded |"
+            rows.append(f"| {t} | {seed_text(per_seed(m['components'], mean_statistic), scale=1)} | not recorded |"
                         + " |" * 6)
             continue
-        cell = lambda k: _fmt_seed(per_seed(m[k], mean_statistic), scale=1, digits=2)  # noqa: E731
-        with_fp = _fmt_seed((m["fp_components"] > 0).sum(axis=1), scale=1)
+        cell = lambda k: seed_text(per_seed(m[k], mean_statistic), scale=1, digits=2)  # noqa: E731
+        with_fp = seed_text((m["fp_components"] > 0).sum(axis=1), scale=1)
         rows.append(f"| {t} | {cell('components')} | {cell('fp_components')} | {with_fp} / {m['DSC'].shape[1]} | "
-                    f"{_fmt_seed(per_seed(m['fp_voxels'], mean_statistic), scale=1, digits=0)} | {cell('fp_d0')} | "
+                    f"{seed_text(per_seed(m['fp_voxels'], mean_statistic), scale=1, digits=0)} | {cell('fp_d0')} | "
                     f"{cell('fp_d1_2')} | {cell('fp_d3_5')} | {cell('fp_d6plus')} |")
     return "\n".join(rows)
 
@@ -230,10 +224,10 @@ def over_training_table(cfg: BenchmarkConfig, by_epoch: Dict[int, Dict[str, Dict
             if t not in mats:
                 continue
             m = mats[t]
-            cell = lambda k: _fmt_seed(per_seed(m[k], mean_statistic), scale=1, digits=2)  # noqa: E731
+            cell = lambda k: seed_text(per_seed(m[k], mean_statistic), scale=1, digits=2)  # noqa: E731
             far = per_seed(m["fp_d3_5"] + m["fp_d6plus"], mean_statistic)
-            rows.append(f"| {t} | {epochs_done} | {_fmt_seed(per_seed(m['DSC'], mean_statistic))} | "
-                        f"{cell('components')} | {cell('fp_components')} | {_fmt_seed(far, scale=1, digits=2)} |")
+            rows.append(f"| {t} | {epochs_done} | {seed_text(per_seed(m['DSC'], mean_statistic))} | "
+                        f"{cell('components')} | {cell('fp_components')} | {seed_text(far, scale=1, digits=2)} |")
     return "\n".join(rows)
 
 

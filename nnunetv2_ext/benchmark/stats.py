@@ -65,3 +65,17 @@ def hierarchical_bootstrap_difference(other: np.ndarray, baseline: np.ndarray, s
     d = np.concatenate(diffs)
     alpha = (1 - confidence) / 2
     return point, [float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))]
+
+
+def seed_text(values: np.ndarray, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± SD`` over seeds of per-seed ``values`` (times ``scale``; no SD for a single seed)."""
+    v = np.asarray(values, dtype=float) * scale
+    sd = f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else ""
+    return f"{v.mean():.{digits}f}{sd}"
+
+
+def paired_delta(values: np.ndarray, baseline: np.ndarray, statistic: Statistic, n_bootstrap: int = 2000) -> str:
+    """``+d [lo, hi]`` in percent points: :func:`hierarchical_bootstrap_difference` of ``values`` minus
+    ``baseline`` (both (seeds, cases) over the same cases) with its 95 % interval."""
+    d, ci = hierarchical_bootstrap_difference(values, baseline, statistic, n_bootstrap)
+    return f"{100 * d:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
