@@ -26,7 +26,7 @@ from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNet
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
+__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
 
 
 # ---- plain nnU-Net -----------------------------------------------------------------------------------
@@ -268,6 +268,27 @@ class nnUNetTrainerCoarseToFineMLLTiny(_TinyCoarseToFine, TinyTrainingMixin, nnU
     """The MLL model at the tiny scale: β and the learning-rate restart at epoch 6 of 10 (the paper's 60 %), step J
     from epoch 4 (40 %, as the paper)."""
     mll_num_points = 64
+
+
+# ---- coarse_to_fine on small images: the phantom benchmark (scripts/coarse_to_fine_benchmark.py) -----------------
+class SmallImageCoarseToFineMixin:
+    """The coarse-to-fine trainers on 64 x 64 phantom slices, everything else the paper's: crop margin K = 4 voxels
+    instead of 20 (K = 20 is for 512 x 512 CT; on a 64 x 64 slice it would crop nearly the whole slice, and the fine
+    stage would see what the coarse stage sees), and 256 points for the pixel-wise term instead of 1024 / 2048 (the
+    fine crop has a few hundred pixels). The budget comes from ``nnUNetv2_ext_benchmark``."""
+    crop_margin = 4
+
+
+class nnUNetTrainerCoarseToFineK4(SmallImageCoarseToFineMixin, nnUNetTrainerCoarseToFine):
+    pass
+
+
+class nnUNetTrainerCoarseToFineMLNK4(SmallImageCoarseToFineMixin, nnUNetTrainerCoarseToFineMLN):
+    mln_num_points = 256
+
+
+class nnUNetTrainerCoarseToFineMLLK4(SmallImageCoarseToFineMixin, nnUNetTrainerCoarseToFineMLL):
+    mll_num_points = 256
 
 
 # ---- cps ----------------------------------------------------------------------------------------
