@@ -87,6 +87,20 @@ def test_budget_applies_to_the_trainer_and_its_network(phantom_2d, phantom_2d_pl
     assert not torch.equal(next(m for m in t3.network.modules() if isinstance(m, torch.nn.Conv2d)).weight, weights)
 
 
+def test_a_budget_trainer_reads_its_baseline_from_the_same_budget_and_seed(phantom_2d_plans):
+    """Hard pre-training's paper threshold under the benchmark: the baseline is plain nnU-Net's run with the same
+    budget and seed, and without its validation the trainer is refused naming that run."""
+    from conftest import make_trainer
+    from nnunetv2_ext.benchmark.budget import peer_trainer_name
+    from nnunetv2_ext.trainers.small_variants import nnUNetTrainerHardPretrainBaselineMinTiny as T
+    b = Budget(7, 9, 3, 2, 4, 5)
+    cls = make_budget_trainer(T, b)
+    assert peer_trainer_name(cls, "nnUNetTrainerTiny") == "nnUNetTrainerTiny_BM7x9v3b2w4s5"
+    assert peer_trainer_name(T, "nnUNetTrainerTiny") == "nnUNetTrainerTiny"  # outside a benchmark: unchanged
+    with pytest.raises(ValueError, match=r"threshold_baseline='nnUNetTrainerTiny_BM7x9v3b2w4s5'.*fold 0"):
+        make_trainer(cls, phantom_2d_plans.plans, phantom_2d_plans.dataset_json)
+
+
 def test_seeded_augmenter_pins_batchgenerators():
     from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
     from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter

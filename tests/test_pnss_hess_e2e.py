@@ -89,11 +89,11 @@ from nnunetv2_ext.trainers import nnUNetTrainerPNSSHESSPassTiny
 
 
 class nnUNetTrainerPNSSHESSPassTinyInjected(nnUNetTrainerPNSSHESSPassTiny):
-    def _exact_scores(self, units):
+    def score_units(self, units):
         return units, np.where(np.arange(len(units)) % 5 == 0, 0.6, 0.9).astype(np.float32)
 
-    def _write_sampling_sidecar(self, filename):
-        super()._write_sampling_sidecar(filename)
+    def write_sampling_sidecar(self, filename):
+        super().write_sampling_sidecar(filename)
         if os.environ.get("KILL_AT_EPOCH") == str(self.current_epoch) and filename.endswith("checkpoint_latest.pth"):
             os.killpg(os.getpgid(0), signal.SIGKILL)
 """

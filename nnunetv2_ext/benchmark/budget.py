@@ -71,6 +71,14 @@ def budget_name(base: str, budget: Budget) -> str:
     return f"{base}_BM{b.epochs}x{b.iterations}v{b.val_iterations}b{b.batch}w{b.width}s{b.seed}{keep}"
 
 
+def peer_trainer_name(trainer_cls: type, name: str) -> str:
+    """The name under which trainer ``name`` runs beside ``trainer_cls`` in one benchmark: with the same budget and
+    seed (``nnUNetTrainer`` -> ``nnUNetTrainer_BM30x50v5b8w8s1``) when ``trainer_cls`` is a budget trainer, else
+    ``name`` unchanged. For trainers that read another trainer's results by name (hard pre-training's baseline)."""
+    budget = getattr(trainer_cls, "budget", None)
+    return budget_name(name, budget) if isinstance(budget, Budget) else name
+
+
 def parse_name(name: str) -> Optional[tuple]:
     """(base trainer name, Budget) for a budget trainer name, else None."""
     m = SUFFIX.match(name)

@@ -77,10 +77,12 @@ class SamplingStateMixin:
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank == 0 and not self.disable_checkpointing and self._sampling_state() is not None:
-            self._write_sampling_sidecar(filename)  # first: see the module docstring
+            self.write_sampling_sidecar(filename)  # first: see the module docstring
         super().save_checkpoint(filename)
 
-    def _write_sampling_sidecar(self, filename: str) -> None:
+    def write_sampling_sidecar(self, filename: str) -> None:
+        """Writes the sampling state for the checkpoint ``filename`` (called just before nnU-Net writes it; a
+        subclass may hook here, e.g. a test that kills the run between the two writes)."""
         write_state(filename, self.current_epoch + 1, self._sampling_state())
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:

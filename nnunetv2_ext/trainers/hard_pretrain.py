@@ -21,6 +21,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_ext.benchmark.budget import peer_trainer_name
 from nnunetv2_ext.sampling.data_loader import nnUNetDataLoaderUnits
 from nnunetv2_ext.sampling.hard_pretrain import (HardPretrainParameters, Split, baseline_min_slice_dsc, check_split,
                                                  classification_record, classify, plot_classification, stage2_pool,
@@ -56,8 +57,9 @@ class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
             return None
         if os.path.isdir(source):
             trainer_folder = source
-        else:
+        else:  # under nnUNetv2_ext_benchmark: the baseline run of the same budget and seed
             from nnunetv2.paths import nnUNet_results
+            source = peer_trainer_name(type(self), source)
             trainer_folder = os.path.join(nnUNet_results or "", self.plans_manager.dataset_name,
                                           f"{source}__{self.plans_manager.plans_name}__{self.configuration_name}")
         folder = os.path.join(trainer_folder, f"fold_{self.fold}", "validation")
@@ -176,7 +178,9 @@ class nnUNetTrainerHardPretrain(SamplingStateMixin, nnUNetTrainer):
 class nnUNetTrainerHardPretrainBaselineMin(nnUNetTrainerHardPretrain):
     """The paper's threshold rule: a slice of A is hard when the stage-1 model's DSC is at or below the minimum slice
     DSC of plain nnU-Net (``nnUNetTrainer``, trained on the same dataset, plans, configuration and fold first) on its
-    validation cases. Refused before training when that validation is missing."""
+    validation cases. Refused before training when that validation is missing. Under ``nnUNetv2_ext_benchmark`` the
+    baseline is plain nnU-Net's run of the same budget and seed (``nnUNetTrainer_BM...s<seed>``), so list
+    ``nnUNetTrainer`` first in ``-tr``."""
     hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainer")
 
 

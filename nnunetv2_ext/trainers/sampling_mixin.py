@@ -142,7 +142,7 @@ class PNSSHESSMixin(SamplingStateMixin):
                 else np.zeros(0, np.float32)  # one device sync per epoch
             forward = gather_scores(units, dsc)
             self._scores = []
-        exact = self._exact_scores(c.exact_units(epoch)) if c.needs_exact_pass(epoch) else None
+        exact = self.score_units(c.exact_units(epoch)) if c.needs_exact_pass(epoch) else None
         rnd = c.end_main_phase(epoch, forward, exact)
         mini_losses = []
         if rnd is not None:
@@ -159,8 +159,10 @@ class PNSSHESSMixin(SamplingStateMixin):
         self.print_to_log_file(log_line(rec))
         super().on_train_epoch_end(train_outputs)
 
-    def _exact_scores(self, units: np.ndarray):
-        """The paper's scoring pass over ``units`` (shared between DDP ranks)."""
+    def score_units(self, units: np.ndarray):
+        """HESS's exact scores: ``(units, DSC per unit)`` from the paper's scoring pass over ``units`` without
+        augmentation (shared between DDP ranks). The one override point for where scores come from (a test injects
+        known scores here)."""
         return exact_scores(self, self.controller.table, units)
 
     def on_epoch_end(self):
