@@ -137,6 +137,8 @@ def main(argv=None) -> int:
         seconds[arm].append(took)
 
     arms = {name: arm_matrices(f, labels, djson) for name, f in folders.items()}
+    selected_text = "; ".join(f"{arm}: {' / '.join(str(n) for _, n in sorted(per_seed.items()))}"
+                              for arm, per_seed in selected.items())
     lines = [f"# Plain nnU-Net, one self-training round, CPS and CPS with the pseudo-label loop (semi-supervised "
              f"phantom, {len(arms['nnUNetTrainer']['_cases'])} held-out volumes, seeds {a.seeds})", "",
              f"`python scripts/semi_supervised_benchmark.py WORK_ROOT --seeds {' '.join(map(str, a.seeds))} "
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
              f"{' '.join(BUDGET)} (nnUNetv2_ext_benchmark's budget names; CPS: as many unlabelled patches per batch "
              f"on top, two networks). Loops: round 0's two models (folds 0, 1; fold 0 is the benchmark's) score the "
              f"32 unlabelled cases (Eq. 1, slice level); the top {a.top_fraction:g} join the labelled cases "
-             f"(selected per seed: {selected}); the final model (fold 0, same trainer and budget) trains on them "
+             f"(selected per seed: {selected_text}); the final model (fold 0, same trainer and budget) trains on them "
              f"(CPS: with the rest as unlabelled input). DSC in %, mean over seeds ± seed SD; Δ paired by case, "
              f"95 % hierarchical bootstrap over cases and seeds. Seconds: nnUNetv2_predict's wall time on the "
              f"held-out cases (median over seeds).", "",
