@@ -6,6 +6,7 @@
 # follows the held-out set's false-positive components over training.
 #
 #   bash scripts/fp_phantoms.sh WORK_ROOT [TRAINER ...]
+#   bash scripts/fp_phantoms.sh WORK_ROOT --setup-only      # only write and preprocess the two phantoms
 #
 # WORK_ROOT gets nnUNet_raw/preprocessed/results; the benchmark work folders (resumable, only their small state is
 # committed) are docs/evidence/fp_phantom_a and docs/evidence/fp_phantom_b. Run it with nothing else on the machine.
@@ -36,6 +37,9 @@ for d in 991 992; do
     "$BIN/nnUNetv2_plan_and_preprocess" -d $d -c 2d -np 2 -npfp 2
   fi
 done
+if [ "${TRAINERS[0]}" = "--setup-only" ]; then
+  exit 0
+fi
 # phantom A keeps the weights every 2 epochs, phantom B every 4 (fewer predictions)
 for d in 991:a:2 992:b:4; do
   IFS=: read -r id letter keep <<< "$d"
