@@ -13,8 +13,9 @@ Steps, each through nnU-Net's or the package's commands and resumable:
    planned and preprocessed for 2d;
 2. ``nnUNetv2_ext_benchmark`` trains plain nnU-Net and the three coarse-to-fine trainers at one budget, fold 0,
    seeds 1-3 (``--epochs 30 --iterations 25 --batch 4 --width 16``; the old single run's 16 epochs were tried first
-   and were too short: plain nnU-Net learned the organ in 1 of 3 seeds), predicts the held-out cases (the coarse-to-fine trainers with their iterative test), applies the postprocessing
-   ``nnUNetv2_find_best_configuration`` chose and writes its report (``docs/evidence/coarse_to_fine_benchmark``);
+   and were too short: plain nnU-Net learned the organ in 1 of 3 seeds), predicts the held-out cases (the
+   coarse-to-fine trainers with their iterative test), applies the postprocessing ``nnUNetv2_find_best_configuration``
+   chose and writes its report (work folder ``docs/evidence/coarse_to_fine_benchmark_e<epochs>``);
 3. the iterative test's Table 4 (iterations, converged share, RDSC after round 1) per trainer and seed, from the
    ``coarse_to_fine_iterations.jsonl`` that ``nnUNetv2_predict`` wrote beside the predictions.
 
@@ -82,8 +83,8 @@ def main(argv=None) -> int:
     if not any(d.startswith(f"Dataset{PHANTOM_ID}_") for d in os.listdir(env["nnUNet_preprocessed"])):
         run(["nnUNetv2_plan_and_preprocess", "-d", PHANTOM_ID, "-c", "2d", "-np", "1"], log)
 
-    bench_args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", *TRAINERS, "-f", "0", "--seeds", *a.seeds, "--epochs", a.epochs, *BUDGET,
-                  "-device", "cpu", "--disable-tta", "-o", a.output]
+    bench_args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", *TRAINERS, "-f", "0", "--seeds", *a.seeds, "--epochs", a.epochs,
+                  *BUDGET, "-device", "cpu", "--disable-tta", "-o", a.output]
     if a.run_index is not None:
         run(["nnUNetv2_ext_benchmark", *bench_args, "--run-index", a.run_index], log)
         return 0
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
         table4.setdefault(r.trainer, []).append((r.seed, summarise_cases(records, rule)))
     with open(os.path.join(a.output, "report", "report.md"), encoding="utf-8") as f:
         report = f.read().rstrip()
-    lines = [report, "", "## Iterative test (Algorithm 1, tol 0.99, T_max 10), the paper's Table 4", "",
+    lines = [report, "", f"## Iterative test (Algorithm 1, tol {rule.tol:g}, T_max {rule.max_iterations}), the paper's "
+             "Table 4", "",
              "A slice is refined when its coarse mask is not empty (an empty coarse mask gives no box and the slice "
              "is predicted empty; most phantom slices hold no organ); a case converges when all its slices do (no "
              "test-time mirroring).", "", iterative_test_table(table4)]

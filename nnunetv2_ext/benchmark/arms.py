@@ -59,7 +59,8 @@ def arms_table(arms: Mapping[str, Arm], baseline: str, seconds: Optional[Mapping
                     f"{seed_text(per_seed(dsc, worst))} | {seed_text(per_seed(dsc, min_statistic))} | "
                     f"{seed_text((dsc == 0).sum(axis=1), scale=1)} / {dsc.shape[1]} | "
                     f"{seed_text(np.nanmean(arm['HD95'], axis=1), scale=1)} | "
-                    f"{seed_text(np.nanmean(arm['fp_components'], axis=1), scale=1, digits=2)} | {time_text} | {delta} | {dworst} |")
+                    f"{seed_text(np.nanmean(arm['fp_components'], axis=1), scale=1, digits=2)} | {time_text} | "
+                    f"{delta} | {dworst} |")
     return "\n".join(rows)
 
 
