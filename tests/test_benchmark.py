@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -297,6 +298,31 @@ def test_bad_input_refused_before_anything_is_written(phantom_2d, tmp_path):
     p = _bench(base + ["-o", foreign])
     assert p.returncode == 2 and "nnunetv2_ext did not write" in p.stdout
     assert sorted(os.listdir(foreign)) == ["notes.txt"]
+
+
+def test_new_work_folder_commits_only_its_small_state(tmp_path):
+    """The work folder's own .gitignore: git (asked, not imitated) keeps the state a later session continues from
+    and leaves predictions, checkpoints and logs out; a continued folder keeps a .gitignore its user edited."""
+    from nnunetv2_ext.benchmark.runs import BenchmarkConfig, WorkFolder
+    cfg = BenchmarkConfig("Dataset001_X", "2d", ["A"], [0], [1], dict(epochs=1, iterations=10))
+    repo = tmp_path / "repo"
+    work = repo / "docs" / "bench"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    WorkFolder(str(work)).save(cfg)
+    files = {"benchmark.json": True, "runs/000.json": True, "report/report.md": True, "configuration.md": True,
+             "predictions/A_BM/fold_0/test/.benchmark_metrics_DSC.json": True,
+             "predictions/A_BM/fold_0/test/.complete": True, "predictions/A_BM/fold_0/test/case_000.nii.gz": False,
+             "logs/000_A_fold0.txt": False, "runs/000.json.tmp": False, "report/sub/x.png": False}
+    for rel in files:
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (work / rel).exists():
+            (work / rel).write_text("x")
+    ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", *[f"docs/bench/{f}" for f in files]],
+                             capture_output=True, text=True).stdout.split()
+    assert sorted(ignored) == sorted(f"docs/bench/{f}" for f, kept in files.items() if not kept)
+    (work / ".gitignore").write_text("# mine\n")
+    WorkFolder(str(work)).save(cfg)  # continued: the user's edit stays
+    assert (work / ".gitignore").read_text() == "# mine\n"
 
 
 @pytest.mark.e2e

@@ -27,6 +27,23 @@ from nnunetv2_ext.io_atomic import check_work_folder, mark_folder
 from nnunetv2_ext.pipeline import commands_on_path_env
 
 CONFIG_NAME = "benchmark.json"
+GITIGNORE = """\
+# Written by nnUNetv2_ext_benchmark when it created this work folder: git keeps only the small state that lets a
+# later session continue the benchmark (settings, run states, per-folder metric caches, the report, and markdown
+# files of the configuration scripts); predictions, checkpoints and logs stay local.
+*
+!.gitignore
+!/*.md
+!benchmark.json
+!runs/
+!runs/*.json
+!predictions/
+!predictions/**/
+!predictions/**/.benchmark_metrics*.json
+!predictions/**/.complete
+!report/
+!report/*
+"""
 
 
 class BenchmarkError(ValueError):
@@ -86,7 +103,9 @@ def plan_runs(cfg: BenchmarkConfig) -> List[Run]:
 
 # ------------------------------------------------------------------------------------------------- work folder
 class WorkFolder:
-    """``WORK/benchmark.json`` (the settings), ``runs/NNN.json`` (outcomes), ``logs/``, ``predictions/``."""
+    """``WORK/benchmark.json`` (the settings), ``runs/NNN.json`` (outcomes), ``logs/``, ``predictions/``, and a
+    ``.gitignore`` that lets git commit only the small state a later session needs to continue (written when the
+    folder is created)."""
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
@@ -121,6 +140,10 @@ class WorkFolder:
         with open(self.config_file(), "w", encoding="utf-8") as f:
             json.dump(asdict(cfg), f, indent=1)
         mark_folder(self.path, "nnUNetv2_ext_benchmark")
+        gitignore = os.path.join(self.path, ".gitignore")
+        if not os.path.exists(gitignore):
+            with open(gitignore, "w", encoding="utf-8") as f:
+                f.write(GITIGNORE)
 
     def status_file(self, run: Run) -> str:
         return os.path.join(self.path, "runs", f"{run.index:03d}.json")
