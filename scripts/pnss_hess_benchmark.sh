@@ -6,7 +6,8 @@
 #
 #   bash scripts/pnss_hess_benchmark.sh WORK_ROOT main|design [extra benchmark arguments, e.g. --run-index 3]
 #
-#   main:   plain nnU-Net, PNSS, HESS, PNSS + HESS and hard-sample pre-training (the demo variants)
+#   main:   plain nnU-Net, PNSS, HESS, PNSS + HESS and hard-sample pre-training with the quantile threshold and with
+#           the paper's (the minimum slice DSC of plain nnU-Net's run of the same seed) (the demo variants)
 #   design: plain nnU-Net, PNSS + HESS with its defaults and with one setting changed at a time (the Abl* trainers
 #           of nnunetv2_ext/trainers/small_variants.py: sampling draw, far negatives, final phase at r = 1, forward
 #           scores, nnU-Net epochs as the schedule's unit)
@@ -20,7 +21,7 @@ SET=${2:?give the set: main or design}
 shift 2
 case "$SET" in
   main) TRAINERS=(nnUNetTrainerDemo nnUNetTrainerPNSSDemo nnUNetTrainerHESSDemo nnUNetTrainerPNSSHESSDemo
-                  nnUNetTrainerHardPretrainDemo) ;;
+                  nnUNetTrainerHardPretrainDemo nnUNetTrainerHardPretrainBaselineMinDemo) ;;
   design) TRAINERS=(nnUNetTrainerDemo nnUNetTrainerPNSSHESSDemo AblSlice AblCase AblFar0 AblFinalFull AblForward
                     AblNnunetEpochs) ;;
   *) echo "unknown set '$SET': main or design" >&2; exit 2 ;;

@@ -204,6 +204,12 @@ class nnUNetTrainerHardPretrainDemo(DemoTrainingMixin, nnUNetTrainerHardPretrain
     """The README demo's network and budget (ablation row)."""
 
 
+class nnUNetTrainerHardPretrainBaselineMinDemo(DemoTrainingMixin, nnUNetTrainerHardPretrainBaselineMin):
+    """The paper's threshold rule at the demo's network and budget: the baseline is ``nnUNetTrainerDemo`` (under
+    ``nnUNetv2_ext_benchmark``: its run of the same budget and seed)."""
+    hard_pretrain = replace(HardPretrainParameters(), threshold_baseline="nnUNetTrainerDemo")
+
+
 # ---- cascade_trainers ---------------------------------------------------------------------------
 class nnUNetTrainerCascadeTumorTiny(TinyTrainingMixin, nnUNetTrainerCascadeTumor):
     """The cascade shrunk for CPU tests: 10 epochs of 25 iterations = 1 S, 4 I, 5 J, mostly organ patches, seeded
