@@ -9,6 +9,8 @@ A new cycle, or a new import of ``trainers``, fails here. Old module paths kept 
 look names up by string when used, so they add no edges.
 """
 import ast
+import importlib
+import pkgutil
 import pathlib
 import warnings
 
@@ -143,3 +145,19 @@ def test_old_import_path_still_works_with_a_warning():
         warnings.simplefilter("error")
         with pytest.raises(AttributeError):
             old.Nothing
+
+
+def test_every_trainer_module_exports_its_trainers():
+    """nnU-Net finds our trainers through ``from nnunetv2_ext.trainers import *``: a trainer class missing from its
+    module's ``__all__`` cannot be found by name (nnUNetv2_train, the benchmark)."""
+    import inspect
+    import nnunetv2_ext.trainers as package
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    missing = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__
+                    and not name.startswith("_") and not hasattr(package, name)):
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing, f"not exported: {missing}"
