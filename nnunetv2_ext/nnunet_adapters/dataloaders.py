@@ -54,6 +54,9 @@ def build_dataloaders(trainer, make_train_loader: Callable, setup: Callable = No
     if n_proc == 0:
         return SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
     pin = trainer.device.type == "cuda"
+    # batchgenerators' attribute for "how many workers share this loader" (nnU-Net leaves it at 1): the PNSS/HESS
+    # loader numbers its batches by it (nnunetv2_ext.sampling.shared_state)
+    dl_tr.number_of_threads_in_multithreaded = n_proc
     dl_tr, dl_val = one_thread_in_workers(dl_tr), one_thread_in_workers(dl_val)  # workers may start mid-run
     if seed is not None:
         n_val = max(1, n_proc // 2)

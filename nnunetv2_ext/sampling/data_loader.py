@@ -113,7 +113,7 @@ class nnUNetDataLoaderPNSSHESS(nnUNetDataLoaderUnits):
         self.rank_columns = rank_slice(rank_batch_sizes or [batch_size], rank)
 
     def _specs(self):
-        b = self.schedule.claim()
+        b = self.schedule.claim(self.thread_id, self.number_of_threads_in_multithreaded)
         epoch, phase, it = self.schedule.locate(b)
         if phase == MAIN:
             oversample = [bool(self.get_do_oversample(j)) for j in range(self.batch_size)]
@@ -123,4 +123,4 @@ class nnUNetDataLoaderPNSSHESS(nnUNetDataLoaderUnits):
             units = self.schedule.mini_plan_row(epoch, it)[self.rank_columns]
             cases, z = self.slice_table.case_and_slice(units)
             specs = [SampleSpec(int(c), int(s), int(s) + 1, SLICE_FG) for c, s in zip(cases, z)]
-        return specs, {"batch_index": b, "epoch": epoch, "phase": phase}
+        return specs, {"batch_index": b, "epoch": epoch, "phase": phase, "worker": self.thread_id}

@@ -1,8 +1,11 @@
 """State shared between the trainer (main process) and nnU-Net's augmentation workers.
 
 Workers are separate processes with their own copy of the data loader, so an attribute set in the main process never
-reaches them. Instead every training batch gets a global sequence number, claimed from a shared counter, and the
-*batch schedule* says what that number means:
+reaches them. Instead every training batch gets a global sequence number and the *batch schedule* says what that
+number means. Worker w of W builds batches w, w + W, w + 2W, ... (:meth:`BatchSchedule.claim`): batchgenerators'
+ordered augmenter hands batches out round robin over its workers, so they arrive in sequence, and what batch b holds
+depends only on its worker's seeded random stream, not on which worker happened to be faster (a shared counter, used
+before, made seeded PNSS/HESS runs differ from one run to the next):
 
     epoch e:  main(e) main batches (PNSS selection at r(e)),
               then mini(e) mini batches (HESS replay of the hard units found after epoch e's main phase)
@@ -45,7 +48,7 @@ class BatchSchedule:
         self.neutral_budget = bool(neutral_budget)
         self.initial_debt = int(initial_debt) if neutral_budget else 0
         self.plan_capacity = max(1, int(plan_capacity))
-        self._counter = mp.Value("q", 0)
+        self._claimed = 0  # batches this process (a worker, or the main process without workers) has claimed
         self._mini_iterations = mp.RawArray("q", self.num_epochs + 1)
         np.frombuffer(self._mini_iterations, dtype=np.int64)[:] = -1
         # two plan buffers (epoch parity) so that publishing epoch e + 1 can never touch a plan still being read
@@ -80,10 +83,14 @@ class BatchSchedule:
         self._shutdown.value = 1
 
     # ---- workers (also the main process with nnUNet_n_proc_DA=0) ------------------------------------------------
-    def claim(self) -> int:
-        with self._counter.get_lock():
-            b = self._counter.value
-            self._counter.value += 1
+    def claim(self, worker: int = 0, workers: int = 1) -> int:
+        """Sequence number of the next batch that worker ``worker`` of ``workers`` builds: ``worker + j * workers``
+        for its j-th batch (each worker process holds its own copy of the schedule, so j is counted per process)."""
+        if not 0 <= worker < workers:
+            raise RuntimeError(f"PNSS/HESS: a data loader in worker {worker} was told of {workers} worker(s); set the "
+                               f"loader's number_of_threads_in_multithreaded to the augmenter's number of workers")
+        b = worker + self._claimed * workers
+        self._claimed += 1
         return b
 
     def _mini_count(self, epoch: int) -> int:
