@@ -26,7 +26,7 @@ from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNet
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerHardPretrainBaselineMinDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
+__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFar30Demo', 'nnUNetTrainerPNSSHESSFar50Demo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerHardPretrainBaselineMinDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
 
 
 # ---- plain nnU-Net -----------------------------------------------------------------------------------
@@ -107,6 +107,17 @@ class nnUNetTrainerPNSSHESSPaperDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSPap
 
 class nnUNetTrainerPNSSHESSFPReplayDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFPReplay):
     sampling = replace(nnUNetTrainerPNSSHESSFPReplay.sampling, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSFar30Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
+    """Issue 22's far-negative candidates: the demo's PNSS/HESS with 30 % (``Far50``: 50 %) instead of 10 % of the
+    non-oversampled draws from the slices PNSS has dropped (at r = 0 on phantom A: 20 % / 33 % of each batch; plain
+    nnU-Net draws such slices for about half of each batch there)."""
+    sampling = replace(nnUNetTrainerPNSSHESS.sampling, far_negative_share=0.3, **DEMO_SCHEDULE)
+
+
+class nnUNetTrainerPNSSHESSFar50Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
+    sampling = replace(nnUNetTrainerPNSSHESS.sampling, far_negative_share=0.5, **DEMO_SCHEDULE)
 
 
 class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFinalFull):
