@@ -3,6 +3,8 @@
 - ``nnUNetTrainerPNSSHESS``: both, with our defaults (:class:`SamplingParameters`; the paper's L(0.2, 5) counted in
   the paper's epochs, see ``trainers_docs/nnUNetTrainerPNSSHESS.md`` for what differs from the paper and why).
 - ``nnUNetTrainerPNSSHESSPaper``: the paper's settings exactly (no far negatives kept, mini epochs on top).
+- issue 22's false-positive remedies, by name: ``...FPReplay``, ``...FinalFull``, ``...RFloor``, ``...Far50`` (the
+  candidate default: half of the non-oversampled draws from the dropped slices).
 - ``nnUNetTrainerPNSS``: positive-negative subset selection only; ``nnUNetTrainerHESS``: hard-easy subset selection
   only (all slices stay selected).
 - the Table 1 grid ``nnUNetTrainerPNSS_a{01,02}_b{1,3,5,7,9}`` / ``nnUNetTrainerPNSSHESS_a..._b...`` is written out
@@ -46,6 +48,12 @@ class nnUNetTrainerPNSSHESSRFloor(PNSSHESSMixin, nnUNetTrainer):
     """PNSS + HESS whose ratio never falls below 0.2 (``r_min=0.2``): a fifth of the far negatives stay in D^r for the
     whole run (issue 22's remedy candidate; the paper's floor is 0)."""
     sampling = replace(DEFAULTS, r_min=0.2)
+
+
+class nnUNetTrainerPNSSHESSFar50(PNSSHESSMixin, nnUNetTrainer):
+    """PNSS + HESS with half of the non-oversampled draws from the slices PNSS has dropped (``far_negative_share=0.5``
+    instead of 0.1): fewer far false positives in raw predictions (issue 22's candidate default; the paper: 0)."""
+    sampling = replace(DEFAULTS, far_negative_share=0.5)
 
 
 class nnUNetTrainerPNSS(PNSSHESSMixin, nnUNetTrainer):

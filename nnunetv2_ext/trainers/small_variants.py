@@ -22,7 +22,7 @@ from nnunetv2_ext.trainers.loss_trainers import (nnUNetTrainerBoundary, nnUNetTr
                                                  nnUNetTrainerPNSSHESS_MLL, nnUNetTrainerSharedBoundary)
 from nnunetv2_ext.trainers.slice_position import nnUNetTrainerSlicePosition
 from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS,
-                                             nnUNetTrainerPNSSHESSFinalFull, nnUNetTrainerPNSSHESSFPReplay,
+                                             nnUNetTrainerPNSSHESSFar50, nnUNetTrainerPNSSHESSFinalFull, nnUNetTrainerPNSSHESSFPReplay,
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
@@ -116,8 +116,8 @@ class nnUNetTrainerPNSSHESSFar30Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
     sampling = replace(nnUNetTrainerPNSSHESS.sampling, far_negative_share=0.3, **DEMO_SCHEDULE)
 
 
-class nnUNetTrainerPNSSHESSFar50Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
-    sampling = replace(nnUNetTrainerPNSSHESS.sampling, far_negative_share=0.5, **DEMO_SCHEDULE)
+class nnUNetTrainerPNSSHESSFar50Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFar50):
+    sampling = replace(nnUNetTrainerPNSSHESSFar50.sampling, **DEMO_SCHEDULE)
 
 
 class nnUNetTrainerPNSSHESSFinalFullDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFinalFull):
