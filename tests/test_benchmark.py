@@ -327,23 +327,24 @@ def test_new_work_folder_commits_only_its_small_state(tmp_path):
 
 @pytest.mark.e2e
 def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnunet_dirs):
-    """A trainer x fold 0 x seeds 5 and 6 through nnU-Net's commands with 2 augmentation workers: --list, one run by
-    index, the rest continued, the report (its comparison columns: test_report_table_hand_made); then the same seed
-    retrained from scratch gives the same first-epoch losses, and the other seed other ones."""
+    """Plain nnU-Net and PNSS/HESS x fold 0 x seeds 5 and 6 through nnU-Net's commands with 2 augmentation workers:
+    --list, one run by index, the rest continued, the report (its comparison columns: test_report_table_hand_made);
+    then the same seed retrained from scratch gives the same first-epoch losses, and the other seed other ones; a
+    PNSS/HESS run retrained gives the same losses in every epoch (its batches are numbered per worker)."""
     from conftest import PHANTOM_ID
     env = dict(os.environ, nnUNet_n_proc_DA="2", OMP_NUM_THREADS="1")
     work = tmp_path / "bench"
-    args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainer", "-f", "0", "--seeds",
+    args = ["-d", PHANTOM_ID, "-c", "2d", "-tr", "nnUNetTrainer", "nnUNetTrainerPNSSHESS", "-f", "0", "--seeds",
             "5", "6", "--epochs", "2", "--iterations", "3", "--val-iterations", "1", "--batch", "2", "--width", "4",
             "--keep-checkpoints-every", "1", "-device", "cpu", "--disable-tta", "-o", work]
     p = _bench(args + ["--list"], env=env)
-    assert p.returncode == 0 and len(re.findall(r"to do", p.stdout)) == 2, p.stdout
+    assert p.returncode == 0 and len(re.findall(r"to do", p.stdout)) == 4, p.stdout
     run_cmd(["nnUNetv2_ext_benchmark", *map(str, args), "--run-index", "0"], env=env)
     assert json.loads((work / "runs" / "000.json").read_text())["state"] == "done"
     out = run_cmd(["nnUNetv2_ext_benchmark", *map(str, args)], env=env)
     assert "run 0:" not in out  # finished runs are never repeated
     report = (work / "report" / "report.md").read_text()
-    assert "Runs finished: 2 of 2" in report, report
+    assert "Runs finished: 4 of 4" in report, report
     assert report.count("| nnUNetTrainer | 2 |") == 3, report  # 2 seeds in the raw and pp tables; after epoch 2
     data = json.loads((work / "report" / "report.json").read_text())
     assert len(data["per_case"]["pp"]["nnUNetTrainer"]["DSC"]) == 2  # two seeds x the held-out cases
@@ -366,6 +367,14 @@ def test_benchmark_end_to_end_with_seeds_and_workers(phantom_2d, tmp_path, nnune
     repeat = next((again / phantom_2d.name / "nnUNetTrainer_BM2x3v1b2w4s5k1__nnUNetPlans__2d" / "fold_0")
                   .glob("training_log_*.txt")).read_text()
     assert loss(repeat) == loss(log)
+    pnss = "nnUNetTrainerPNSSHESS_BM2x3v1b2w4s5k1"
+    run_cmd(["nnUNetv2_train", PHANTOM_ID, "2d", "0", "-tr", pnss, "-device", "cpu"],
+            env=dict(env, nnUNet_results=str(again)))
+    def losses(root):
+        log = next((root / f"{pnss}__nnUNetPlans__2d" / "fold_0").glob("training_log_*.txt")).read_text()
+        return re.findall(r"train_loss (-?[0-9.]+)", log)
+    first_run = losses(results)
+    assert len(first_run) == 2 and losses(again / phantom_2d.name) == first_run
     shutil.rmtree(again)
 
 
