@@ -8,9 +8,9 @@
 #
 #   main:   plain nnU-Net, PNSS, HESS, PNSS + HESS and hard-sample pre-training with the quantile threshold and with
 #           the paper's (the minimum slice DSC of plain nnU-Net's run of the same seed) (the demo variants)
-#   design: plain nnU-Net, PNSS + HESS with its defaults and with one setting changed at a time (the Abl* trainers
-#           of nnunetv2_ext/trainers/small_variants.py: sampling draw, far negatives, final phase at r = 1, forward
-#           scores, nnU-Net epochs as the schedule's unit)
+#   design: plain nnU-Net, PNSS + HESS with its defaults (far-negative share 0.5) and with one setting changed at a
+#           time (the Abl* trainers of nnunetv2_ext/trainers/small_variants.py: sampling draw, far negatives, final
+#           phase at r = 1, forward scores, nnU-Net epochs as the schedule's unit)
 #
 # The benchmark work folders (resumable, only their small state is committed) are docs/evidence/pnss_hess_main_seeded
 # and docs/evidence/pnss_hess_design_seeded. Run it with nothing else on the machine.
@@ -22,7 +22,9 @@ shift 2
 case "$SET" in
   main) TRAINERS=(nnUNetTrainerDemo nnUNetTrainerPNSSDemo nnUNetTrainerHESSDemo nnUNetTrainerPNSSHESSDemo
                   nnUNetTrainerHardPretrainDemo nnUNetTrainerHardPretrainBaselineMinDemo) ;;
-  design) TRAINERS=(nnUNetTrainerDemo nnUNetTrainerPNSSHESSDemo AblSlice AblCase AblFar0 AblFinalFull AblForward
+  # the default by its explicit name (far-negative share 0.5): runs of the default before 2026-12-07 (0.1), trained
+  # under the name nnUNetTrainerPNSSHESSDemo, are never reused for it
+  design) TRAINERS=(nnUNetTrainerDemo nnUNetTrainerPNSSHESSFar50Demo AblSlice AblCase AblFar0 AblFinalFull AblForward
                     AblNnunetEpochs) ;;
   *) echo "unknown set '$SET': main or design" >&2; exit 2 ;;
 esac

@@ -48,9 +48,12 @@ class SamplingParameters:
     'slice_oversample': the same plus nnU-Net's foreground oversampling (the last 33 % of each batch is a selected
     slice with foreground, centred on a foreground voxel). 'case': nnU-Net's case-uniform draw with oversampling,
     the patch centre restricted to the case's slab."""
-    far_negative_share: float = 0.1
-    """Share of each main batch drawn uniformly from the slices PNSS has dropped (the far negatives), so that the
-    model keeps seeing them and does not paint far false positives at test time. 0 = the paper."""
+    far_negative_share: float = 0.5
+    """Probability that a main-phase draw that is not a foreground oversample comes uniformly from the slices PNSS
+    has dropped (the far negatives), so that the model keeps seeing them and does not paint far false positives at
+    test time. 0 = the paper. 0.5 since 2026-12-07 (was 0.1): the smallest share tried whose raw predictions had at
+    most plain nnU-Net's + 1 connected components per case on two phantoms, 3 seeds each (issue 22,
+    docs/evidence.md section 0b)."""
     final_full_fraction: float = 0.0
     """The last fraction of nnU-Net epochs is trained at r = 1 (all slices). 0 = the paper."""
     # ---- HESS (Eq. 1, Eq. 8) ------------------------------------------------------------------------------------

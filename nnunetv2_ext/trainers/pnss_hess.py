@@ -3,8 +3,9 @@
 - ``nnUNetTrainerPNSSHESS``: both, with our defaults (:class:`SamplingParameters`; the paper's L(0.2, 5) counted in
   the paper's epochs, see ``trainers_docs/nnUNetTrainerPNSSHESS.md`` for what differs from the paper and why).
 - ``nnUNetTrainerPNSSHESSPaper``: the paper's settings exactly (no far negatives kept, mini epochs on top).
-- issue 22's false-positive remedies, by name: ``...FPReplay``, ``...FinalFull``, ``...RFloor``, ``...Far50`` (the
-  candidate default: half of the non-oversampled draws from the dropped slices).
+- issue 22's false-positive remedies, by name: ``...FPReplay``, ``...FinalFull``, ``...RFloor``, ``...Far50`` (half
+  of the non-oversampled draws from the dropped slices: the default since 2026-12-07) and ``...Far10`` (the default
+  before, 0.1, for the evidence made with it).
 - ``nnUNetTrainerPNSS``: positive-negative subset selection only; ``nnUNetTrainerHESS``: hard-easy subset selection
   only (all slices stay selected).
 - the Table 1 grid ``nnUNetTrainerPNSS_a{01,02}_b{1,3,5,7,9}`` / ``nnUNetTrainerPNSSHESS_a..._b...`` is written out
@@ -51,9 +52,15 @@ class nnUNetTrainerPNSSHESSRFloor(PNSSHESSMixin, nnUNetTrainer):
 
 
 class nnUNetTrainerPNSSHESSFar50(PNSSHESSMixin, nnUNetTrainer):
-    """PNSS + HESS with half of the non-oversampled draws from the slices PNSS has dropped (``far_negative_share=0.5``
-    instead of 0.1): fewer far false positives in raw predictions (issue 22's candidate default; the paper: 0)."""
+    """PNSS + HESS with half of the non-oversampled draws from the slices PNSS has dropped (``far_negative_share=0.5``,
+    the default since 2026-12-07; named so that the evidence commands that chose it mean the same in every version)."""
     sampling = replace(DEFAULTS, far_negative_share=0.5)
+
+
+class nnUNetTrainerPNSSHESSFar10(PNSSHESSMixin, nnUNetTrainer):
+    """PNSS + HESS with the far-negative share of the default before 2026-12-07 (0.1): more far false positives in
+    raw predictions on both phantoms (issue 22); for reproducing the evidence made with it."""
+    sampling = replace(DEFAULTS, far_negative_share=0.1)
 
 
 class nnUNetTrainerPNSS(PNSSHESSMixin, nnUNetTrainer):

@@ -22,11 +22,12 @@ from nnunetv2_ext.trainers.loss_trainers import (nnUNetTrainerBoundary, nnUNetTr
                                                  nnUNetTrainerPNSSHESS_MLL, nnUNetTrainerSharedBoundary)
 from nnunetv2_ext.trainers.slice_position import nnUNetTrainerSlicePosition
 from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNetTrainerPNSS, nnUNetTrainerPNSSHESS,
-                                             nnUNetTrainerPNSSHESSFar50, nnUNetTrainerPNSSHESSFinalFull, nnUNetTrainerPNSSHESSFPReplay,
+                                             nnUNetTrainerPNSSHESSFar10, nnUNetTrainerPNSSHESSFar50,
+                                             nnUNetTrainerPNSSHESSFinalFull, nnUNetTrainerPNSSHESSFPReplay,
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFar30Demo', 'nnUNetTrainerPNSSHESSFar50Demo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerHardPretrainBaselineMinDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
+__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFar10Demo', 'nnUNetTrainerPNSSHESSFar30Demo', 'nnUNetTrainerPNSSHESSFar50Demo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerHardPretrainBaselineMinDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
 
 
 # ---- plain nnU-Net -----------------------------------------------------------------------------------
@@ -109,10 +110,16 @@ class nnUNetTrainerPNSSHESSFPReplayDemo(DemoTrainingMixin, nnUNetTrainerPNSSHESS
     sampling = replace(nnUNetTrainerPNSSHESSFPReplay.sampling, **DEMO_SCHEDULE)
 
 
+class nnUNetTrainerPNSSHESSFar10Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESSFar10):
+    """The demo's PNSS/HESS as it was before 2026-12-07 (far-negative share 0.1): the PNSS/HESS runs of the evidence
+    made before that date, under the name ``nnUNetTrainerPNSSHESSDemo``."""
+    sampling = replace(nnUNetTrainerPNSSHESSFar10.sampling, **DEMO_SCHEDULE)
+
+
 class nnUNetTrainerPNSSHESSFar30Demo(DemoTrainingMixin, nnUNetTrainerPNSSHESS):
-    """Issue 22's far-negative candidates: the demo's PNSS/HESS with 30 % (``Far50``: 50 %) instead of 10 % of the
-    non-oversampled draws from the slices PNSS has dropped (at r = 0 on phantom A: 20 % / 33 % of each batch; plain
-    nnU-Net draws such slices for about half of each batch there)."""
+    """Issue 22's far-negative candidates: the demo's PNSS/HESS with 30 % (``Far10``: 10 %, ``Far50``: 50 %, the
+    default) of the non-oversampled draws from the slices PNSS has dropped (at r = 0 on phantom A: 7 % / 20 % / 33 %
+    of each batch; plain nnU-Net draws such slices for about half of each batch there)."""
     sampling = replace(nnUNetTrainerPNSSHESS.sampling, far_negative_share=0.3, **DEMO_SCHEDULE)
 
 
