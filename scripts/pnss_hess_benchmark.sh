@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PNSS/HESS and their design choices on the realistic phantom, seeded, through nnUNetv2_ext_benchmark (issue 17 items
-# 1 and 3): the seeded replacement of scripts/pnss_hess_ablation.py's single runs. Phantom A of scripts/fp_phantoms.sh
-# (same data, budget and weights kept every 2 epochs), so runs of a trainer and seed that fp_phantoms.sh already
-# trained are reused, not repeated.
+# 1 and 3): the seeded replacement of the single runs of scripts/pnss_hess_ablation.py (retired). Phantom A of
+# scripts/fp_phantoms.sh (same data, budget and weights kept every 2 epochs), so runs of a trainer and seed that
+# fp_phantoms.sh already trained are reused, not repeated.
 #
 #   bash scripts/pnss_hess_benchmark.sh WORK_ROOT main|design [extra benchmark arguments, e.g. --run-index 3]
 #
@@ -36,3 +36,7 @@ BIN=$(dirname "${PYTHON:-.venv/bin/python}")
 "$BIN/nnUNetv2_ext_benchmark" -d 991 -c 2d -tr "${TRAINERS[@]}" -f 0 --seeds 1 2 3 --epochs 12 --iterations 40 \
   --val-iterations 4 --batch 12 --keep-checkpoints-every 2 -device cpu --disable-tta \
   -o "docs/evidence/pnss_hess_${SET}_seeded" "$@"
+if [ "$SET" = design ] && [[ " $* " != *" --run-index "* ]]; then  # forward scores vs the exact pass (AblForward)
+  "$BIN/python" scripts/pnss_hess_agreement.py "$nnUNet_results/Dataset991_PhantomA" AblForward \
+    docs/evidence/pnss_hess_design_seeded/forward_vs_exact.md
+fi
