@@ -27,7 +27,7 @@ from nnunetv2_ext.trainers.pnss_hess import (DEFAULTS, nnUNetTrainerHESS, nnUNet
                                              nnUNetTrainerPNSSHESSPaper, nnUNetTrainerPNSSHESSRFloor)
 from nnunetv2_ext.trainers.tiny import TinyTrainingMixin
 
-__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFar10Demo', 'nnUNetTrainerPNSSHESSFar30Demo', 'nnUNetTrainerPNSSHESSFar50Demo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerHardPretrainBaselineMinDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
+__all__ = ['AblSlice', 'AblCase', 'AblFar0', 'AblFinalFull', 'AblForward', 'AblNnunetEpochs', 'AblPaper', 'nnUNetTrainerTiny', 'nnUNetTrainerPNSSHESSTiny', 'nnUNetTrainerPNSSTiny', 'nnUNetTrainerHESSTiny', 'nnUNetTrainerHESSExactTiny', 'nnUNetTrainerPNSSHESSPassTiny', 'DemoTrainingMixin', 'nnUNetTrainerDemo', 'nnUNetTrainerPNSSHESSDemo', 'nnUNetTrainerPNSSDemo', 'nnUNetTrainerHESSDemo', 'nnUNetTrainerPNSSHESSPaperDemo', 'nnUNetTrainerPNSSHESSFPReplayDemo', 'nnUNetTrainerPNSSHESSFar10Demo', 'nnUNetTrainerPNSSHESSFar30Demo', 'nnUNetTrainerPNSSHESSFar50Demo', 'nnUNetTrainerPNSSHESSFinalFullDemo', 'nnUNetTrainerPNSSHESSRFloorDemo', 'nnUNetTrainerBoundaryTiny', 'nnUNetTrainerHausdorffTiny', 'nnUNetTrainerMLLTiny', 'nnUNetTrainerSharedBoundaryTiny', 'nnUNetTrainerPNSSHESS_MLLTiny', 'nnUNetTrainerHardPretrainTiny', 'nnUNetTrainerHardPretrainBaselineMinTiny', 'nnUNetTrainerHardPretrainDemo', 'nnUNetTrainerHardPretrainBaselineMinDemo', 'nnUNetTrainerCascadeTumorTiny', 'nnUNetTrainerCascadeTumorDualBranchTiny', 'nnUNetTrainerCascadeTumorPaperTiny', 'nnUNetTrainerCoarseToFineTiny', 'nnUNetTrainerCoarseToFineMLNTiny', 'nnUNetTrainerCoarseToFineMLLTiny', 'SmallImageCoarseToFineMixin', 'nnUNetTrainerCoarseToFineK4', 'nnUNetTrainerCoarseToFineK4Coarse1', 'nnUNetTrainerCoarseToFineK4Over33', 'nnUNetTrainerCoarseToFineMLNK4', 'nnUNetTrainerCoarseToFineMLLK4', 'nnUNetTrainerCPSTiny', 'nnUNetTrainerCPSTinySeeded', 'nnUNetTrainerTinySeeded', 'nnUNetTrainerSlicePositionTiny']
 
 
 # ---- plain nnU-Net -----------------------------------------------------------------------------------
@@ -305,6 +305,18 @@ class SmallImageCoarseToFineMixin:
 
 class nnUNetTrainerCoarseToFineK4(SmallImageCoarseToFineMixin, nnUNetTrainerCoarseToFine):
     pass
+
+
+class nnUNetTrainerCoarseToFineK4Coarse1(nnUNetTrainerCoarseToFineK4):
+    """Why does the coarse stage mark organ-free slices (docs/evidence.md, section 4a)? Its loss weight ω1 = 1 instead
+    of the paper's 0.3 (one change)."""
+    coarse_weight = 1.0
+
+
+class nnUNetTrainerCoarseToFineK4Over33(nnUNetTrainerCoarseToFineK4):
+    """... or nnU-Net's foreground oversampling 0.33 instead of our 0.5, so that the coarse stage sees as many
+    organ-free patches as plain nnU-Net does (one change)."""
+    foreground_oversampling = 0.33
 
 
 class nnUNetTrainerCoarseToFineMLNK4(SmallImageCoarseToFineMixin, nnUNetTrainerCoarseToFineMLN):
