@@ -36,7 +36,9 @@ BIN=$(dirname "${PYTHON:-.venv/bin/python}")
 "$BIN/nnUNetv2_ext_benchmark" -d 991 -c 2d -tr "${TRAINERS[@]}" -f 0 --seeds 1 2 3 --epochs 12 --iterations 40 \
   --val-iterations 4 --batch 12 --keep-checkpoints-every 2 -device cpu --disable-tta \
   -o "docs/evidence/pnss_hess_${SET}_seeded" "$@"
-if [ "$SET" = design ] && [[ " $* " != *" --run-index "* ]]; then  # forward scores vs the exact pass (AblForward)
+# forward scores vs the exact pass (AblForward), once the benchmark has written its report (not after --list or one
+# --run-index); with no AblForward run finished yet the helper says so and the script ends with its error
+if [ "$SET" = design ] && [[ " $* " != *" --run-index "* && " $* " != *" --list "* ]]; then
   "$BIN/python" scripts/pnss_hess_agreement.py "$nnUNet_results/Dataset991_PhantomA" AblForward \
     docs/evidence/pnss_hess_design_seeded/forward_vs_exact.md
 fi
